@@ -1,0 +1,199 @@
+"""The model folder: smp's config.json + model.safetensors, plus unetcli.json (classes, pipeline, metrics).
+
+Folders are written to a temporary sibling and renamed into place, so a crash never leaves a half-written
+model. Loading never unpickles anything: weights come from safetensors, metadata from JSON, and the
+network is built with encoder_weights=None, so it never touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .errors import ModelFolderError, OutputError
+from .masks import ClassMap
+
+FORMAT_NAME = "unetcli-model"
+FORMAT_VERSION = 1
+META_FILE = "unetcli.json"
+REQUIRED_FILES = ("config.json", "model.safetensors", META_FILE)
+TRAIN_STATE_FILE = "train_state.pt"
+
+
+def package_versions() -> dict[str, str]:
+    import albumentations
+    import segmentation_models_pytorch
+    import torch
+
+    return {
+        "unetcli": __version__,
+        "torch": torch.__version__,
+        "segmentation_models_pytorch": segmentation_models_pytorch.__version__,
+        "albumentations": albumentations.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def unwrap(model):
+    """The plain module behind DistributedDataParallel and torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def replace_folder(target: Path, write: Callable[[Path], None]) -> None:
+    """Fill a temporary sibling folder with `write`, then swap it in place of `target`."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        write(tmp)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not target.exists():
+            os.replace(old, target)
+        raise OutputError(f"{target}: cannot write the model folder ({err.strerror or err}); check free space and permissions") from None
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_model_folder(target: Path, model, meta: dict[str, Any], train_state: dict | None = None) -> None:
+    import torch
+
+    plain = unwrap(model)
+
+    def write(folder: Path) -> None:
+        plain.save_pretrained(folder)
+        (folder / "README.md").unlink(missing_ok=True)  # smp's generic hub card; unetcli.json says more
+        meta_full = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **meta, "versions": package_versions()}
+        (folder / META_FILE).write_text(json.dumps(meta_full, indent=2) + "\n", encoding="utf-8")
+        if train_state is not None:
+            torch.save(train_state, folder / TRAIN_STATE_FILE)
+
+    replace_folder(target, write)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    path: Path
+    model: Any  # torch.nn.Module in eval mode
+    meta: dict
+    class_map: ClassMap
+
+    @property
+    def binary(self) -> bool:
+        return self.class_map.is_binary
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.meta["in_channels"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta.get("threshold", 0.5))
+
+
+def resolve_model_dir(path: Path) -> Path:
+    """A model folder, or a run folder standing for its model-best/."""
+    path = Path(path)
+    if not (path / META_FILE).exists() and (path / "model-best" / META_FILE).exists():
+        return path / "model-best"
+    return path
+
+
+def read_meta(path: Path) -> dict:
+    """unetcli.json of a model folder, checked for presence and format version (no torch needed)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelFolderError(f"{path}: not a model folder (expected a folder such as runs/NAME/model-best)")
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if missing:
+        hint = " (it looks like a run folder: use its model-best/ or model-last/)" if (path / "model-best").is_dir() else ""
+        raise ModelFolderError(f"{path}: model folder is missing {', '.join(missing)}{hint}")
+    try:
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelFolderError(f"{path / META_FILE}: not valid JSON ({err}); the model folder is damaged") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise ModelFolderError(f"{path / META_FILE}: not a unetcli model description")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFolderError(
+            f"{path / META_FILE}: model format version {version!r}, but this unetcli ({__version__}) reads "
+            f"version {FORMAT_VERSION}; use the unetcli version that wrote it, or retrain"
+        )
+    for key in ("classes", "in_channels", "pipeline"):
+        if key not in meta:
+            raise ModelFolderError(f"{path / META_FILE}: lacks the {key!r} entry; the model folder is damaged")
+    return meta
+
+
+def _build_from_config(path: Path):
+    import segmentation_models_pytorch as smp
+
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelFolderError(f"{path / 'config.json'}: not valid JSON ({err})") from None
+    arch = config.get("_model_class", "Unet")
+    architectures = {cls.__name__: cls for cls in smp.__dict__.values()
+                     if isinstance(cls, type) and issubclass(cls, smp.base.SegmentationModel) and cls is not smp.base.SegmentationModel}
+    if arch not in architectures:
+        raise ModelFolderError(f"{path / 'config.json'}: unknown architecture {arch!r}; known: {', '.join(sorted(architectures))}")
+    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+    kwargs["encoder_weights"] = None  # never download at load time
+    encoder = kwargs.get("encoder_name")
+    if encoder not in smp.encoders.get_encoder_names():
+        raise ModelFolderError(f"{path / 'config.json'}: unknown encoder {encoder!r}; was it written by a newer smp?")
+    try:
+        return architectures[arch](**kwargs)
+    except (TypeError, ValueError, KeyError) as err:
+        raise ModelFolderError(f"{path / 'config.json'}: cannot build {arch} from it ({err})") from None
+
+
+def load_model_folder(path: Path) -> LoadedModel:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_meta(path)
+    try:
+        class_map = ClassMap.from_dict(meta["classes"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelFolderError(f"{path / META_FILE}: the class table is damaged ({err})") from None
+    model = _build_from_config(path)
+    try:
+        state = load_file(str(path / "model.safetensors"))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelFolderError(f"{path / 'model.safetensors'}: cannot read the weights ({err})") from None
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as err:
+        first = str(err).splitlines()[0][:200]
+        raise ModelFolderError(f"{path / 'model.safetensors'}: weights do not fit config.json ({first})") from None
+    model.eval()
+    return LoadedModel(path, model, meta, class_map)
+
+
+def load_train_state(path: Path) -> dict:
+    """Our own training state. weights_only=True: a crafted file cannot run code when loaded."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(Path(path) / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelFolderError(f"{path}: no {TRAIN_STATE_FILE}; only model-last/ folders can be resumed") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        first = str(err).splitlines()[0][:200]
+        raise ModelFolderError(f"{Path(path) / TRAIN_STATE_FILE}: refused or damaged training state ({first})") from None

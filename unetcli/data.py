@@ -1,0 +1,244 @@
+"""Find image/mask pairs in folders, read and scan them: sizes, channels, mask values, problems."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError, UsageError
+from .images import RawMask, is_image_file, read_image, read_mask, to_unit_range
+from .masks import ClassMap, MaskStats, infer_class_map, mask_stats
+
+IMAGE_FOLDER_NAMES = ("images", "image", "imgs", "img")
+MASK_FOLDER_NAMES = ("masks", "mask", "labels", "label", "gt", "annotations")
+MASK_STEM_SUFFIXES = ("", "_mask", "-mask", "_label", "_labels", "_gt", "_seg")
+
+
+@dataclass(frozen=True)
+class Pair:
+    stem: str
+    image: Path
+    mask: Path
+
+
+def resolve_layout(data: Path | None, images: Path | None = None, masks: Path | None = None) -> tuple[Path, Path]:
+    """The images and masks folders: DATA/images + DATA/masks (or common aliases), or given explicitly."""
+    if images is not None and masks is not None:
+        folders = (Path(images), Path(masks))
+    elif data is None:
+        raise UsageError("give a DATA folder (holding images/ and masks/) or both --images and --masks")
+    else:
+        data = Path(data)
+        if not data.is_dir():
+            raise DataError(f"{data}: no such folder; DATA must be a folder holding images/ and masks/")
+        found_images = images or next((data / n for n in IMAGE_FOLDER_NAMES if (data / n).is_dir()), None)
+        found_masks = masks or next((data / n for n in MASK_FOLDER_NAMES if (data / n).is_dir()), None)
+        if found_images is None or found_masks is None:
+            missing = "images/" if found_images is None else "masks/"
+            raise DataError(
+                f"{data}: no {missing} folder inside; expected DATA/images and DATA/masks "
+                "(or pass --images DIR --masks DIR)"
+            )
+        folders = (Path(found_images), Path(found_masks))
+    for folder in folders:
+        if not folder.is_dir():
+            raise DataError(f"{folder}: no such folder")
+    return folders
+
+
+def list_image_files(folder: Path) -> list[Path]:
+    """Image files directly inside a folder (not recursive, hidden files skipped), sorted by name."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as err:
+        raise DataError(f"{folder}: cannot list the folder ({err.strerror})") from None
+    files = []
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            regular = entry.is_file()  # follows symlinks; a symlink loop raises or returns False
+        except OSError:
+            regular = False
+        if regular and is_image_file(path):
+            files.append(path)
+    return files
+
+
+def _by_stem(files: list[Path], role: str) -> dict[str, Path]:
+    stems: dict[str, Path] = {}
+    for path in files:
+        if path.stem in stems:
+            raise DataError(
+                f"{path}: two {role} files share the name {path.stem!r} ({stems[path.stem].name} and {path.name}); "
+                "pairs match by file name without extension, so keep one"
+            )
+        stems[path.stem] = path
+    return stems
+
+
+def _short_list(names: list[str], limit: int = 5) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def find_pairs(images_dir: Path, masks_dir: Path) -> list[Pair]:
+    """Match the image files of two folders by file stem (see `pair_files`)."""
+    return pair_files(list_image_files(images_dir), list_image_files(masks_dir), images_dir, masks_dir)
+
+
+def pair_files(image_files: list[Path], mask_files: list[Path], images_dir: Path, masks_dir: Path) -> list[Pair]:
+    """Match images to masks by file stem (extensions may differ; a mask may add _mask/_label/_gt)."""
+    images = _by_stem(image_files, "image")
+    masks = _by_stem(mask_files, "mask")
+    if not images:
+        raise DataError(f"{images_dir}: no image files found (looked for .png, .tif, .jpg and other image types)")
+    pairs, used = [], set()
+    for stem, image in images.items():
+        mask_stem = next((stem + s for s in MASK_STEM_SUFFIXES if stem + s in masks and stem + s not in used), None)
+        if mask_stem is not None:
+            used.add(mask_stem)
+            pairs.append(Pair(stem, image, masks[mask_stem]))
+    lonely_images = sorted(p.name for s, p in images.items() if s not in {q.stem for q in pairs})
+    lonely_masks = sorted(masks[s].name for s in masks if s not in used)
+    if lonely_images or lonely_masks:
+        parts = []
+        if lonely_images:
+            parts.append(f"{len(lonely_images)} image(s) without a mask in {masks_dir}: {_short_list(lonely_images)}")
+        if lonely_masks:
+            parts.append(f"{len(lonely_masks)} mask(s) without an image in {images_dir}: {_short_list(lonely_masks)}")
+        raise DataError(
+            "; ".join(parts) + ". Pairs match by file name without extension; rename or remove the odd files"
+        )
+    return pairs
+
+
+def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """A seeded random split; at least one validation pair when val_fraction > 0 and there are 2+ pairs."""
+    if not 0 <= val_fraction < 1:
+        raise UsageError(f"--val-split {val_fraction} must be in [0, 1)")
+    if val_fraction == 0 or len(pairs) < 2:
+        return list(pairs), []
+    shuffled = list(pairs)
+    random.Random(seed).shuffle(shuffled)
+    n_val = max(1, round(len(pairs) * val_fraction))
+    val = sorted(shuffled[:n_val], key=lambda p: p.stem)
+    train = sorted(shuffled[n_val:], key=lambda p: p.stem)
+    return train, val
+
+
+@dataclass
+class Sample:
+    """One decoded pair. `image` is kept in its stored dtype; `mask` holds class ids once decoded."""
+
+    pair: Pair
+    image: np.ndarray
+    raw_mask: RawMask
+    mask: np.ndarray | None = None
+
+
+def read_sample(pair: Pair) -> Sample:
+    image = read_image(pair.image)
+    raw = read_mask(pair.mask)
+    if raw.values.shape[:2] != image.shape[:2]:
+        h, w = image.shape[:2]
+        mh, mw = raw.values.shape[:2]
+        raise DataError(
+            f"{pair.mask}: mask is {mw}x{mh} but its image {pair.image.name} is {w}x{h}; "
+            "masks must have exactly the size of their image"
+        )
+    return Sample(pair, image, raw)
+
+
+@dataclass
+class DatasetScan:
+    """What `unetcli check` reports and `train` builds on."""
+
+    samples: list[Sample]
+    problems: list[str] = field(default_factory=list)
+    class_map: ClassMap | None = None
+    in_channels: int | None = None
+    class_pixels: list[int] = field(default_factory=list)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        return [s.image.shape[:2] for s in self.samples]
+
+
+def scan_dataset(
+    pairs: list[Pair],
+    mask_mode: str = "auto",
+    ignore_value: int | None = None,
+    class_map_file: Path | None = None,
+    num_classes: int | None = None,
+    class_map: ClassMap | None = None,
+) -> DatasetScan:
+    """Read every pair, collect every problem, infer (or apply) the class map and channel count."""
+    scan = DatasetScan(samples=[])
+    for pair in pairs:
+        try:
+            scan.samples.append(read_sample(pair))
+        except DataError as err:
+            scan.problems.append(str(err))
+    if not scan.samples:
+        return scan
+    channels: dict[int, list[str]] = {}
+    for sample in scan.samples:
+        channels.setdefault(sample.image.shape[2], []).append(sample.pair.image.name)
+    if len(channels) > 1:
+        common = max(channels, key=lambda c: len(channels[c]))
+        odd = [f"{_short_list(names, 3)} ({c} channels)" for c, names in channels.items() if c != common]
+        scan.problems.append(
+            f"images mix channel counts: most have {common}, but {'; '.join(odd)}; "
+            "convert them all to the same (e.g. all gray or all RGB)"
+        )
+    else:
+        scan.in_channels = next(iter(channels))
+    stats: list[MaskStats] = [mask_stats(s.pair.mask, s.raw_mask) for s in scan.samples]
+    try:
+        scan.class_map = class_map or infer_class_map(stats, mask_mode, ignore_value, class_map_file, num_classes)
+    except DataError as err:
+        scan.problems.append(str(err))
+        return scan
+    counts = np.zeros(256, np.int64)
+    for sample in scan.samples:
+        try:
+            sample.mask = scan.class_map.decode(sample.raw_mask, sample.pair.mask)
+        except DataError as err:
+            scan.problems.append(str(err))
+            continue
+        counts += np.bincount(sample.mask.ravel(), minlength=256)
+    scan.class_pixels = [int(c) for c in counts[: scan.class_map.num_classes]]
+    if scan.in_channels is not None:
+        scan.mean, scan.std = channel_statistics([s.image for s in scan.samples])
+    return scan
+
+
+def channel_statistics(images: list[np.ndarray]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units over all pixels of all images (normalisation constants)."""
+    total = sum_sq = 0.0
+    pixels = 0
+    for image in images:
+        unit = to_unit_range(image).reshape(-1, image.shape[2]).astype(np.float64)
+        total = total + unit.sum(axis=0)
+        sum_sq = sum_sq + np.square(unit).sum(axis=0)
+        pixels += unit.shape[0]
+    mean = total / pixels
+    std = np.sqrt(np.maximum(sum_sq / pixels - mean**2, 0.0))
+    std = np.where(std < 1e-6, 1.0, std)
+    return tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std)
+
+
+def require_clean(scan: DatasetScan, what: str) -> None:
+    """Raise the first problem of a scan (with a count of the rest) for commands that cannot go on."""
+    if scan.problems:
+        rest = len(scan.problems) - 1
+        suffix = f" (and {rest} more problem(s); run `unetcli check` on the {what} data to list them all)" if rest else ""
+        raise DataError(scan.problems[0] + suffix)
+    if not scan.samples:
+        raise DataError(f"no readable image/mask pairs in the {what} data")

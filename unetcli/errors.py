@@ -1,0 +1,40 @@
+"""One exception family. Each subclass carries the exit code the CLI turns it into."""
+
+
+class UnetcliError(Exception):
+    """A problem the user can fix. The message says what is wrong and how to fix it."""
+
+    exit_code = 1
+
+
+class UsageError(UnetcliError):
+    """Options that contradict each other or name something that does not exist."""
+
+    exit_code = 2
+
+
+class DataError(UnetcliError):
+    """Bad input data: unreadable images, unmatched pairs, mask values that are not classes."""
+
+    exit_code = 3
+
+
+class OutputError(UnetcliError):
+    """An output location that cannot be written (read-only, full disk, would overwrite an input)."""
+
+    exit_code = 3
+
+
+class ModelFolderError(UnetcliError):
+    """A model folder that is missing files, has a wrong format version or cannot be loaded."""
+
+    exit_code = 4
+
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_DATA = 3
+EXIT_MODEL = 4
+EXIT_PARTIAL = 5
+EXIT_INTERRUPTED = 130

@@ -1,0 +1,141 @@
+"""Score a model (or a folder of predictions) against ground truth, per image and per class."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .data import Pair, find_pairs, list_image_files, pair_files, read_sample, resolve_layout
+from .errors import DataError
+from .images import read_mask, write_bytes_atomic
+from .masks import ClassMap, infer_class_map, mask_stats
+from .metrics import SCORES, confusion_matrix, counts_from_confusion, nanmean, pixel_accuracy, scores_from_counts
+
+PREDICTION_EXTRAS = ("_color", "_overlay")  # files `unetcli predict --save` writes beside the masks
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    stem: str
+    matrix: np.ndarray  # confusion matrix (truth, prediction)
+
+
+@dataclass
+class Evaluation:
+    class_names: list[str]
+    images: list[ImageResult] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """Micro scores (from counts summed over all images), per-image macro means, class means."""
+        total = sum(r.matrix for r in self.images)
+        counts = counts_from_confusion(total)
+        micro = scores_from_counts(counts)
+        per_image = [scores_from_counts(counts_from_confusion(r.matrix)) for r in self.images]
+        classes = {}
+        for c, name in enumerate(self.class_names):
+            entry = {s: _clean(micro[s][c]) for s in SCORES}
+            entry.update({f"{s}_image_mean": _clean(nanmean([p[s][c] for p in per_image])) for s in ("dice", "iou")})
+            entry.update({k: int(v[c]) for k, v in counts.items()})
+            classes[name] = entry
+        accuracy = pixel_accuracy(total)
+        return {
+            "images": len(self.images),
+            "pixel_accuracy": _clean(accuracy),
+            "pixel_error": _clean(1 - accuracy),
+            "mean_dice": _clean(nanmean(micro["dice"])),
+            "mean_iou": _clean(nanmean(micro["iou"])),
+            "classes": classes,
+            "confusion_matrix": total.tolist(),
+        }
+
+    def per_image_csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        header = ["image", "pixel_accuracy"]
+        for name in self.class_names:
+            header += [f"{s}_{name}" for s in ("dice", "iou", "precision", "recall")]
+            header += [f"{k}_{name}" for k in ("tp", "fp", "fn", "tn")]
+        writer.writerow(header)
+        for result in self.images:
+            counts = counts_from_confusion(result.matrix)
+            scores = scores_from_counts(counts)
+            row = [result.stem, _fmt(pixel_accuracy(result.matrix))]
+            for c in range(len(self.class_names)):
+                row += [_fmt(scores[s][c]) for s in ("dice", "iou", "precision", "recall")]
+                row += [int(counts[k][c]) for k in ("tp", "fp", "fn", "tn")]
+            writer.writerow(row)
+        return buffer.getvalue()
+
+    def write(self, per_image: Path | None = None, summary: Path | None = None) -> None:
+        if per_image is not None:
+            write_bytes_atomic(per_image, self.per_image_csv().encode())
+        if summary is not None:
+            write_bytes_atomic(summary, (json.dumps(self.summary(), indent=2) + "\n").encode())
+
+
+def _clean(value) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else round(value, 6)
+
+
+def _fmt(value) -> str:
+    value = float(value)
+    return "" if math.isnan(value) else f"{value:.6f}"
+
+
+def evaluate_model(model_dir: Path, data: Path | None, images: Path | None = None, masks: Path | None = None,
+                   device: str = "auto", precision: str = "auto") -> Iterator:
+    """Predict every pair of DATA with the model (as `predict` would) and score it. Yields ImageResults,
+    then the finished Evaluation."""
+    from .predict import Predictor
+
+    predictor = Predictor.from_folder(model_dir, device, precision)
+    pairs = find_pairs(*resolve_layout(data, images, masks))
+    evaluation = Evaluation(predictor.class_map.names)
+    for pair in pairs:
+        sample = read_sample(pair)
+        truth = predictor.class_map.decode(sample.raw_mask, pair.mask)
+        pred = predictor.predict_batch([sample.image])[0]
+        result = ImageResult(pair.stem, confusion_matrix(pred, truth, len(evaluation.class_names)))
+        evaluation.images.append(result)
+        yield result
+    yield evaluation
+
+
+def _prediction_pairs(pred_dir: Path, gt_dir: Path) -> list[Pair]:
+    """Pair predicted masks with true masks, leaving out predict's colour/overlay files."""
+    files = list_image_files(pred_dir)
+    stems = {p.stem for p in files}
+    masks = [p for p in files if not any(p.stem.endswith(e) and p.stem[: -len(e)] in stems for e in PREDICTION_EXTRAS)]
+    return pair_files(masks, list_image_files(gt_dir), pred_dir, gt_dir)
+
+
+def evaluate_folders(pred_dir: Path, gt_dir: Path, mask_mode: str = "auto", class_map_file: Path | None = None,
+                     class_map: ClassMap | None = None) -> Iterator:
+    """Score a folder of predicted masks against a folder of true masks (matched by file stem)."""
+    pairs = _prediction_pairs(Path(pred_dir), Path(gt_dir))
+    raws = []
+    for pair in pairs:
+        pred, truth = read_mask(pair.image), read_mask(pair.mask)
+        if pred.values.shape[:2] != truth.values.shape[:2]:
+            raise DataError(f"{pair.image}: prediction is {pred.values.shape[1]}x{pred.values.shape[0]} but the truth "
+                            f"{pair.mask.name} is {truth.values.shape[1]}x{truth.values.shape[0]}")
+        raws.append((pair, pred, truth))
+    if class_map is None:
+        stats = [mask_stats(p.mask, t) for p, _, t in raws] + [mask_stats(p.image, q) for p, q, _ in raws]
+        class_map = infer_class_map(stats, mask_mode, class_map_file=class_map_file)
+    evaluation = Evaluation(class_map.names)
+    for pair, pred, truth in raws:
+        matrix = confusion_matrix(class_map.decode(pred, pair.image), class_map.decode(truth, pair.mask),
+                                  class_map.num_classes)
+        result = ImageResult(pair.stem, matrix)
+        evaluation.images.append(result)
+        yield result
+    yield evaluation

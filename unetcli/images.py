@@ -1,0 +1,193 @@
+"""All image file I/O: decoding with limits, RGB channel order, masks, atomic writes.
+
+Images come back as H x W x C arrays in their stored dtype (uint8, uint16 or float32), channels in RGB(A)
+order. Masks come back as raw pixel values: H x W for gray and palette masks, H x W x 3 for colour masks.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError, OutputError, UnetcliError
+
+IMAGE_EXTENSIONS = frozenset(
+    ".png .jpg .jpeg .jpe .tif .tiff .bmp .dib .webp .jp2 .pbm .pgm .ppm .pnm .pxm .sr .ras .exr .hdr .pic".split()
+)
+LOSSY_EXTENSIONS = frozenset(".jpg .jpeg .jpe .jp2".split())
+DEFAULT_MAX_PIXELS = 1 << 30  # about 32k x 32k; override with UNETCLI_MAX_PIXELS
+
+Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit, with our own message
+cv2.setNumThreads(1)  # OpenCV's pool competes with torch's threads on small machines
+if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+def max_pixels() -> int:
+    value = os.environ.get("UNETCLI_MAX_PIXELS")
+    return int(value) if value else DEFAULT_MAX_PIXELS
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _read_bytes(path: Path) -> np.ndarray:
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise DataError(f"{path}: cannot read the file ({reason}); check that it exists and is readable") from None
+    if data.size == 0:
+        raise DataError(f"{path}: the file is empty (0 bytes); re-export it or remove it from the folder")
+    return data
+
+
+def _check_pixel_limit(path: Path, width: int, height: int) -> None:
+    limit = max_pixels()
+    if width * height > limit:
+        raise DataError(
+            f"{path}: {width}x{height} pixels exceeds the limit of {limit} pixels "
+            "(a guard against decompression bombs); raise UNETCLI_MAX_PIXELS if the image is genuine"
+        )
+
+
+def _peek(data: np.ndarray, path: Path) -> Image.Image | None:
+    """Open the header with Pillow (no pixel decoding) so the size is checked before decoding."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            header = Image.open(io.BytesIO(data.tobytes()))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None  # a format Pillow does not know; OpenCV's own limit still applies
+    _check_pixel_limit(path, *header.size)
+    return header
+
+
+def _undecodable(path: Path) -> DataError:
+    return DataError(
+        f"{path}: not an image that can be decoded (truncated, corrupt or not an image at all); "
+        "re-export it as PNG or TIFF"
+    )
+
+
+def _decode(data: np.ndarray, path: Path) -> np.ndarray:
+    try:
+        array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        array = None
+    if array is None or array.size == 0:
+        raise _undecodable(path)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 3:
+        code = cv2.COLOR_BGRA2RGBA if array.shape[2] == 4 else cv2.COLOR_BGR2RGB
+        array = cv2.cvtColor(array, code)
+    return array
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image to H x W x C (C = 1, 3 or 4) in RGB(A) order and its stored dtype."""
+    path = Path(path)
+    data = _read_bytes(path)
+    _peek(data, path)
+    array = _decode(data, path)
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    elif array.dtype not in (np.uint8, np.uint16, np.float32):
+        raise DataError(
+            f"{path}: pixel type {array.dtype} is not supported; save it as 8- or 16-bit unsigned, or 32-bit float"
+        )
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return array
+
+
+def to_unit_range(image: np.ndarray) -> np.ndarray:
+    """Scale integer images to float32 in [0, 1] by their dtype's range; float images pass through."""
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) * (1.0 / 255.0)
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) * (1.0 / 65535.0)
+    return image.astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class RawMask:
+    """A mask's pixel values as stored. kind: 'gray' (H x W), 'rgb' (H x W x 3) or 'palette' (indices)."""
+
+    values: np.ndarray
+    kind: str
+    palette: tuple[int, ...] | None = None
+
+
+def read_mask(path: str | Path) -> RawMask:
+    path = Path(path)
+    if path.suffix.lower() in LOSSY_EXTENSIONS:
+        raise DataError(
+            f"{path}: masks must be lossless (PNG, TIFF or BMP); JPEG compression invents new pixel values "
+            "at every edge, so class ids cannot be trusted. Re-export the mask as PNG"
+        )
+    data = _read_bytes(path)
+    header = _peek(data, path)
+    if header is not None and header.mode in ("P", "PA"):
+        try:
+            indices = np.asarray(header.convert("P") if header.mode == "PA" else header)
+        except (OSError, ValueError, SyntaxError):
+            raise _undecodable(path) from None
+        palette = tuple(header.getpalette() or ())
+        return RawMask(np.ascontiguousarray(indices), "palette", palette)
+    array = _decode(data, path)
+    if array.ndim == 3:
+        array = array[:, :, :3]
+        if (array[:, :, 0] == array[:, :, 1]).all() and (array[:, :, 0] == array[:, :, 2]).all():
+            array = np.ascontiguousarray(array[:, :, 0])
+        elif array.dtype != np.uint8:
+            raise DataError(f"{path}: colour masks must be 8-bit; save it as an 8-bit RGB PNG")
+    if array.dtype not in (np.uint8, np.uint16):
+        raise DataError(
+            f"{path}: mask pixel type {array.dtype} is not supported; masks hold integer class values "
+            "(8- or 16-bit PNG)"
+        )
+    return RawMask(array, "rgb" if array.ndim == 3 else "gray")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write next to the target, then rename: a reader never sees a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write ({err.strerror or err}); check free space and permissions") from None
+
+
+def encode_png(array: np.ndarray, palette: tuple[int, ...] | None = None) -> bytes:
+    """PNG bytes of an H x W (gray or palette indices) or H x W x 3/4 RGB(A) array."""
+    if palette is not None:
+        image = Image.fromarray(array.astype(np.uint8), mode="P")
+        image.putpalette(list(palette))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+    if array.ndim == 3:
+        code = cv2.COLOR_RGBA2BGRA if array.shape[2] == 4 else cv2.COLOR_RGB2BGR
+        array = cv2.cvtColor(array, code)
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise UnetcliError("could not encode a PNG")
+    return encoded.tobytes()
+
+
+def write_png(path: Path, array: np.ndarray, palette: tuple[int, ...] | None = None) -> None:
+    write_bytes_atomic(path, encode_png(array, palette))

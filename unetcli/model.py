@@ -1,0 +1,143 @@
+"""The network (smp.Unet with its nearest-neighbour decoder), losses, device and precision choices."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from dataclasses import dataclass
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub unless weights are asked for
+
+import segmentation_models_pytorch as smp  # noqa: E402
+import torch  # noqa: E402
+
+from .errors import UnetcliError, UsageError  # noqa: E402
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def build_model(encoder: str, in_channels: int, out_channels: int, encoder_weights: str | None = None) -> torch.nn.Module:
+    """smp.Unet whose decoder upsamples by nearest-neighbour resize + convolution (no transposed convs)."""
+    if encoder not in smp.encoders.get_encoder_names():
+        names = smp.encoders.get_encoder_names()
+        close = [n for n in names if encoder.split("-")[0][:6] in n][:8] or names[:8]
+        raise UsageError(f"unknown encoder {encoder!r}; for example: {', '.join(close)} (see smp's encoder list)")
+    weights = None if encoder_weights in (None, "none", "None") else encoder_weights
+    if weights is not None:
+        os.environ["HF_HUB_OFFLINE"] = "0"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return smp.Unet(
+                encoder_name=encoder,
+                encoder_weights=weights,
+                in_channels=in_channels,
+                classes=out_channels,
+                decoder_interpolation="nearest",
+            )
+    except Exception as err:  # smp/timm/urllib raise many kinds when a download fails
+        if weights is None:
+            raise
+        raise UnetcliError(
+            f"could not get {weights!r} weights for encoder {encoder!r} ({type(err).__name__}: {err}); "
+            "this needs network access to the weights' host, or use --encoder-weights none"
+        ) from None
+
+
+def output_channels(num_classes: int, binary: bool) -> int:
+    """Binary tasks use one sigmoid logit; multi-class tasks one softmax logit per class."""
+    return 1 if binary else num_classes
+
+
+class SegmentationLoss(torch.nn.Module):
+    """Dice + cross-entropy (BCE for binary), from smp.losses, honouring the ignore index."""
+
+    def __init__(self, binary: bool, ignore_index: int, kind: str = "dice+ce"):
+        super().__init__()
+        parts = kind.replace(" ", "").split("+")
+        unknown = set(parts) - {"dice", "ce", "focal"}
+        if unknown:
+            raise UsageError(f"--loss {kind!r}: unknown part(s) {', '.join(sorted(unknown))}; combine dice, ce, focal with +")
+        mode = smp.losses.BINARY_MODE if binary else smp.losses.MULTICLASS_MODE
+        self.binary = binary
+        self.terms = torch.nn.ModuleList()
+        for part in parts:
+            if part == "dice":
+                self.terms.append(smp.losses.DiceLoss(mode, from_logits=True, ignore_index=ignore_index))
+            elif part == "focal":
+                self.terms.append(smp.losses.FocalLoss(mode, ignore_index=ignore_index))
+            elif binary:
+                self.terms.append(smp.losses.SoftBCEWithLogitsLoss(ignore_index=ignore_index))
+            else:
+                self.terms.append(torch.nn.CrossEntropyLoss(ignore_index=ignore_index))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        total = 0.0
+        for term in self.terms:
+            if self.binary:
+                total = total + term(logits, target.unsqueeze(1).float() if isinstance(term, smp.losses.SoftBCEWithLogitsLoss) else target.unsqueeze(1))
+            else:
+                total = total + term(logits, target.long())
+        return total
+
+
+def class_ids(logits: torch.Tensor, binary: bool, threshold: float = 0.5) -> torch.Tensor:
+    """Logits (N, C, H, W) -> class ids (N, H, W)."""
+    if binary:
+        return (torch.sigmoid(logits[:, 0].float()) > threshold).to(torch.uint8)
+    return logits.argmax(dim=1).to(torch.uint8)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UsageError(f"--device {requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str  # fp32 | bf16 | fp16
+    dtype: torch.dtype | None  # autocast dtype, None for fp32
+    channels_last: bool
+
+    def autocast(self, device: torch.device):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.dtype)
+
+
+def pick_precision(requested: str, device: torch.device) -> Precision:
+    """auto: bf16 on CPUs with native bf16 and on GPUs that support it, fp16 on older GPUs, else fp32."""
+    if requested not in PRECISIONS:
+        raise UsageError(f"--precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
+    if requested == "auto":
+        if device.type == "cuda":
+            requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        elif device.type == "cpu" and cpu_has_native_bf16():
+            requested = "bf16"
+        else:
+            requested = "fp32"
+    if requested == "fp16" and device.type == "cpu":
+        raise UsageError("--precision fp16 is for GPUs; on CPU use bf16 (fast on CPUs with AMX/AVX512-BF16) or fp32")
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
+    # channels_last is what makes bf16 fast on CPU (oneDNN); on GPUs it helps tensor cores too.
+    return Precision(requested, dtype, channels_last=dtype is not None)

@@ -1,0 +1,318 @@
+"""Inference: one Predictor shared by predict, evaluate and training's validation.
+
+Whole images are reflect-padded to the network stride by the stored eval pipeline and cropped back.
+`predict_files` streams results, one per input: decoding runs ahead in a thread pool and writing runs
+behind, so disk work overlaps with the network.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import json
+import os
+import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import cv2
+import numpy as np
+
+from .errors import DataError, OutputError, UnetcliError, UsageError
+from .images import is_image_file, read_image, to_unit_range, write_png
+from .masks import ClassMap
+
+SAVE_KINDS = ("mask", "color", "overlay")
+
+
+def match_channels(image: np.ndarray, channels: int, path: Path | str) -> np.ndarray:
+    """Adapt well-defined channel differences (gray<->RGB, dropping alpha); refuse the rest."""
+    have = image.shape[2]
+    if have == channels:
+        return image
+    if channels == 1 and have in (3, 4):
+        return cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_RGB2GRAY)[:, :, None]
+    if channels == 3 and have == 1:
+        return np.repeat(image, 3, axis=2)
+    if channels == 3 and have == 4:
+        return np.ascontiguousarray(image[:, :, :3])
+    raise DataError(f"{path}: image has {have} channel(s) but the model expects {channels}; convert the image")
+
+
+class Predictor:
+    """A model plus everything needed to apply it exactly as it was trained."""
+
+    def __init__(self, model, class_map: ClassMap, eval_pipeline, in_channels: int, device, precision,
+                 threshold: float = 0.5):
+        import torch
+
+        self.torch = torch
+        self.class_map = class_map
+        self.pipeline = eval_pipeline
+        self.in_channels = in_channels
+        self.device = device
+        self.precision = precision
+        self.threshold = threshold
+        memory_format = torch.channels_last if precision.channels_last else torch.contiguous_format
+        self.model = model.to(device, memory_format=memory_format)
+
+    @classmethod
+    def from_folder(cls, path: Path, device: str = "auto", precision: str = "auto") -> "Predictor":
+        from .checkpoint import load_model_folder
+        from .model import pick_device, pick_precision
+        from .transforms import from_dict
+
+        loaded = load_model_folder(path)
+        dev = pick_device(device)
+        return cls(loaded.model, loaded.class_map, from_dict(loaded.meta["pipeline"]["eval"]), loaded.in_channels,
+                   dev, pick_precision(precision, dev), loaded.threshold)
+
+    def preprocess(self, image: np.ndarray, path: Path | str = "image") -> np.ndarray:
+        """H x W x C stored image -> C x H' x W' float32, normalised and padded to the stride."""
+        image = match_channels(image, self.in_channels, path)
+        out = self.pipeline(image=to_unit_range(image))["image"]
+        if out.ndim == 2:
+            out = out[:, :, None]
+        return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+    def logits(self, batch: np.ndarray, height: int, width: int):
+        """Padded batch (N, C, H', W') -> float32 logits cropped back to (N, K, height, width), on CPU."""
+        torch = self.torch
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        if self.precision.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.model.eval()
+        with torch.inference_mode(), self.precision.autocast(self.device):
+            out = self.model(x)
+        return out[:, :, :height, :width].float().cpu()
+
+    def ids_from_logits(self, logits) -> np.ndarray:
+        from .model import class_ids
+
+        return class_ids(logits, self.class_map.is_binary, self.threshold).numpy()
+
+    def predict_batch(self, images: list[np.ndarray]) -> np.ndarray:
+        """Same-size stored images -> class ids (N, H, W) uint8."""
+        height, width = images[0].shape[:2]
+        batch = np.stack([self.preprocess(image) for image in images])
+        return self.ids_from_logits(self.logits(batch, height, width))
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def resolve_inputs(inputs: Iterable[str], stdin=None) -> list[Path]:
+    """Files, folders (their image files), globs, @list.txt files and '-' (paths on stdin), in order."""
+    paths: list[Path] = []
+    for item in inputs:
+        if item == "-":
+            stream = stdin or sys.stdin
+            paths += [Path(line.strip()) for line in stream if line.strip()]
+        elif item.startswith("@"):
+            list_file = Path(item[1:])
+            try:
+                lines = list_file.read_text(encoding="utf-8").splitlines()
+            except OSError as err:
+                raise UsageError(f"{list_file}: cannot read the list file ({err.strerror})") from None
+            paths += [Path(line.strip()) for line in lines if line.strip() and not line.startswith("#")]
+        elif Path(item).is_dir():
+            from .data import list_image_files
+
+            paths += list_image_files(Path(item))
+        elif any(ch in item for ch in "*?[") and not Path(item).exists():
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise UsageError(f"{item}: the pattern matches no files")
+            paths += [Path(m) for m in matches if is_image_file(Path(m))]
+        else:
+            paths.append(Path(item))
+    if not paths:
+        raise UsageError("no input images given (files, folders, globs, @list.txt or - for stdin)")
+    return paths
+
+
+def parse_shard(shard: str | None) -> tuple[int, int]:
+    if not shard:
+        return 1, 1
+    try:
+        k, n = (int(part) for part in shard.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {shard!r}: use K/N, e.g. 1/4 for the first of four shards") from None
+    if not 1 <= k <= n:
+        raise UsageError(f"--shard {shard!r}: K must be between 1 and N")
+    return k, n
+
+
+def select_shard(paths: list[Path], shard: tuple[int, int]) -> list[Path]:
+    k, n = shard
+    return paths[k - 1 :: n]
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    out_dir: Path
+    save: tuple[str, ...] = ("mask",)
+    batch_size: int = 4
+    skip_existing: bool = False
+    shard: tuple[int, int] = (1, 1)
+    overlay_alpha: float = 0.5
+
+
+@dataclass
+class PredictResult:
+    input: Path
+    status: str  # ok | skipped | error
+    outputs: dict[str, str] = field(default_factory=dict)
+    classes_present: list[str] = field(default_factory=list)
+    foreground_fraction: float | None = None
+    warning: str | None = None
+    error: str | None = None
+    exit_code: int = 0
+
+    def to_json(self) -> str:
+        data = {"input": str(self.input), "status": self.status, "outputs": self.outputs}
+        if self.status == "ok":
+            data.update(classes_present=self.classes_present, foreground_fraction=self.foreground_fraction)
+        if self.warning:
+            data["warning"] = self.warning
+        if self.error:
+            data["error"] = self.error
+        return json.dumps(data)
+
+
+def output_paths(path: Path, options: PredictOptions) -> dict[str, Path]:
+    suffix = {"mask": "", "color": "_color", "overlay": "_overlay"}
+    return {kind: options.out_dir / f"{path.stem}{suffix[kind]}.png" for kind in options.save}
+
+
+def _check_collisions(paths: list[Path], options: PredictOptions) -> None:
+    stems: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in stems and stems[path.stem] != path:
+            raise UsageError(
+                f"{path} and {stems[path.stem]} would both write {path.stem}.png; "
+                "outputs are named after the input file name, so predict them into different -o folders"
+            )
+        stems[path.stem] = path
+    inputs = {p.resolve() for p in paths if p.exists()}
+    for path in paths:
+        for target in output_paths(path, options).values():
+            if target.resolve() in inputs:
+                raise UsageError(f"{target}: the output would overwrite an input image; choose another -o folder")
+
+
+def overlay(image: np.ndarray, colour: np.ndarray, ids: np.ndarray, alpha: float) -> np.ndarray:
+    rgb = to_unit_range(image)
+    if rgb.shape[2] == 1:
+        rgb = np.repeat(rgb, 3, axis=2)
+    rgb = rgb[:, :, :3]
+    if image.dtype == np.float32:
+        low, high = float(rgb.min()), float(rgb.max())
+        rgb = (rgb - low) / (high - low or 1.0)
+    base = (rgb * 255.0).clip(0, 255)
+    blended = np.where((ids > 0)[:, :, None], base * (1 - alpha) + colour * alpha, base)
+    return blended.astype(np.uint8)
+
+
+def _write_outputs(predictor: Predictor, path: Path, image: np.ndarray, ids: np.ndarray,
+                   options: PredictOptions) -> PredictResult:
+    class_map = predictor.class_map
+    targets = output_paths(path, options)
+    try:
+        for kind, target in targets.items():
+            if kind == "mask":
+                palette = class_map.palette if class_map.mode == "palette" else None
+                write_png(target, class_map.encode(ids), palette)
+            elif kind == "color":
+                write_png(target, class_map.colourise(ids))
+            else:
+                write_png(target, overlay(image, class_map.colourise(ids), ids, options.overlay_alpha))
+    except UnetcliError as err:
+        return PredictResult(path, "error", error=str(err), exit_code=err.exit_code)
+    present = np.flatnonzero(np.bincount(ids.ravel(), minlength=class_map.num_classes))
+    fraction = float((ids > 0).mean())
+    warning = None
+    if fraction == 0.0:
+        warning = f"{path}: the prediction is entirely {class_map.classes[0].name}; check that the image resembles the training data"
+    return PredictResult(path, "ok", {k: str(v) for k, v in targets.items()},
+                         [class_map.classes[i].name for i in present], round(fraction, 6), warning)
+
+
+def _read(path: Path):
+    try:
+        return read_image(path), None
+    except UnetcliError as err:
+        return None, err
+
+
+def prefetch(executor, function, items: list, depth: int) -> Iterator:
+    """Like executor.map, but at most `depth` results are held ahead of the consumer (bounded memory)."""
+    queue: deque = deque()
+    iterator = iter(items)
+    for item in itertools.islice(iterator, depth):
+        queue.append(executor.submit(function, item))
+    while queue:
+        result = queue.popleft().result()
+        for item in itertools.islice(iterator, 1):
+            queue.append(executor.submit(function, item))
+        yield result
+
+
+def predict_files(predictor: Predictor, paths: list[Path], options: PredictOptions) -> Iterator[PredictResult]:
+    """Predict every path; a failing input yields an error result and the batch goes on."""
+    unknown = set(options.save) - set(SAVE_KINDS)
+    if unknown or not options.save:
+        raise UsageError(f"--save {','.join(options.save)}: choose from {', '.join(SAVE_KINDS)}")
+    paths = select_shard(paths, options.shard)
+    _check_collisions(paths, options)
+    try:
+        options.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{options.out_dir}: cannot create the output folder ({err.strerror})") from None
+    if not os.access(options.out_dir, os.W_OK):
+        raise OutputError(f"{options.out_dir}: the output folder is not writable; choose another -o folder")
+
+    todo = []
+    for path in paths:
+        if options.skip_existing and all(t.exists() for t in output_paths(path, options).values()):
+            yield PredictResult(path, "skipped", {k: str(v) for k, v in output_paths(path, options).items()})
+        else:
+            todo.append(path)
+
+    with ThreadPoolExecutor(max_workers=2) as readers, ThreadPoolExecutor(max_workers=2) as writers:
+        decoded = prefetch(readers, _read, todo, depth=2 * options.batch_size)  # runs ahead of the network
+        pending: list = []  # (path, image) of one size, waiting to fill a batch
+        writes: list = []
+
+        def flush():
+            images = [image for _, image in pending]
+            ids = predictor.predict_batch(images)
+            for (path, image), mask in zip(pending, ids):
+                writes.append(writers.submit(_write_outputs, predictor, path, image, mask, options))
+            pending.clear()
+
+        for path, (image, error) in zip(todo, decoded):
+            if error is not None:
+                yield PredictResult(path, "error", error=str(error), exit_code=error.exit_code)
+                continue
+            try:
+                image = match_channels(image, predictor.in_channels, path)
+            except DataError as err:
+                yield PredictResult(path, "error", error=str(err), exit_code=err.exit_code)
+                continue
+            if pending and (pending[0][1].shape != image.shape or len(pending) >= options.batch_size):
+                flush()
+            pending.append((path, image))
+            # yield finished writes; wait for them when too many masks would pile up in memory
+            while writes and (writes[0].done() or len(writes) > 2 * options.batch_size):
+                yield writes.pop(0).result()
+        if pending:
+            flush()
+        for future in writes:
+            yield future.result()

@@ -1,0 +1,319 @@
+"""The training loop, as a generator of events: the CLI renders them, tests and scripts consume them.
+
+One epoch = `samples_per_epoch` random crops (at least one per training image). After each epoch the
+whole validation images are predicted exactly as `unetcli predict` would (same Predictor), scored, and
+`model-last/` (with the full training state) and, when the score improved, `model-best/` are written.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .data import Pair, find_pairs, require_clean, resolve_layout, scan_dataset, split_pairs
+from .errors import OutputError, UsageError
+from .images import to_unit_range, write_bytes_atomic
+from .masks import IGNORE_ID, ClassMap
+from .metrics import confusion_matrix, counts_from_confusion, nanmean, scores_from_counts
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    out: Path  # run folder: model-best/, model-last/, history.csv, run.yaml
+    data: Path | None = None  # folder with images/ and masks/
+    images: Path | None = None  # or explicit folders
+    masks: Path | None = None
+    val: Path | None = None  # separate validation folder; else a seeded split
+    val_split: float = 0.2
+    encoder: str = "resnet34"
+    encoder_weights: str = "none"  # 'none' = random init, offline; e.g. 'imagenet' downloads
+    classes: int | None = None  # None = from the masks
+    mask_mode: str = "auto"
+    ignore_index: int | None = None  # a mask value whose pixels are left out of loss and metrics
+    class_map_file: Path | None = None
+    epochs: int = 40
+    batch_size: int = 8
+    crop: int = 256
+    lr: float = 1e-3
+    loss: str = "dice+ce"
+    augment: str = "default"
+    samples_per_epoch: int = 256  # random crops per epoch (at least one per image)
+    patience: int | None = None  # stop after this many epochs without improvement
+    min_delta: float = 0.0
+    time_limit: float | None = None  # seconds; the LR schedule follows the clock when set
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int | None = None  # DataLoader workers; None = 0 on CPU, 4 on GPU
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class DataReady:
+    train_pairs: int
+    val_pairs: int
+    class_map: ClassMap
+    class_pixels: list[int]
+    in_channels: int
+    device: str
+    precision: str
+    steps_per_epoch: int
+
+
+@dataclass(frozen=True)
+class BatchDone:
+    epoch: int
+    step: int
+    steps: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class EpochDone:
+    epoch: int
+    epochs: int
+    train_loss: float
+    val_loss: float | None
+    dice: list[float]  # per class, on the validation set (micro over its pixels)
+    iou: list[float]
+    score: float  # what model-best is chosen by: mean Dice over classes (or -train loss without validation)
+    is_best: bool
+    lr: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainingDone:
+    run_dir: Path
+    best_epoch: int
+    best_score: float
+    reason: str  # 'completed' | 'early stop' | 'time limit'
+    metrics: dict = field(default_factory=dict)
+
+
+def _fingerprint(pairs: list[Pair], sizes: list[tuple[int, int]]) -> str:
+    digest = hashlib.sha256()
+    for pair, size in zip(pairs, sizes):
+        digest.update(f"{pair.stem}:{size[0]}x{size[1]};".encode())
+    return digest.hexdigest()[:16]
+
+
+def _learning_rate(base: float, progress: float, warmup: float = 0.03) -> float:
+    """Linear warm-up, then cosine decay to 1 % of the base rate; progress runs from 0 to 1."""
+    if progress < warmup:
+        return base * max(progress / warmup, 0.01)
+    t = min((progress - warmup) / (1 - warmup), 1.0)
+    return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+class _CropDataset:
+    """Random training crops: the train pipeline applied to cached, [0, 1]-scaled images."""
+
+    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], pipeline, length: int):
+        self.images, self.masks, self.pipeline, self.length = images, masks, pipeline, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        import torch
+
+        i = index % len(self.images)
+        out = self.pipeline(image=self.images[i], mask=self.masks[i])
+        image = out["image"] if out["image"].ndim == 3 else out["image"][:, :, None]
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(out["mask"]).long()
+
+
+def _prepare_run_folder(options: TrainOptions) -> None:
+    out = Path(options.out)
+    if out.exists() and any(out.iterdir()) and not options.overwrite:
+        raise UsageError(f"{out}: the run folder already exists and is not empty; choose another -o or pass --overwrite")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{out}: cannot create the run folder ({err.strerror})") from None
+
+
+def _write_history(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes_atomic(path, buffer.getvalue().encode())
+
+
+def validate(predictor, samples, loss_fn, num_classes: int) -> tuple[float, np.ndarray]:
+    """Mean loss over validation images and their summed confusion matrix, predicted whole as in predict."""
+    import torch
+
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    losses = []
+    for sample in samples:
+        height, width = sample.image.shape[:2]
+        logits = predictor.logits(predictor.preprocess(sample.image)[None], height, width)
+        target = torch.from_numpy(sample.mask.astype(np.int64))[None]
+        losses.append(float(loss_fn(logits, target)))
+        matrix += confusion_matrix(predictor.ids_from_logits(logits)[0], sample.mask, num_classes)
+    return float(np.mean(losses)), matrix
+
+
+def train(options: TrainOptions) -> Iterator:
+    """Run training; yields DataReady, BatchDone, EpochDone and finally TrainingDone."""
+    import torch
+
+    from .checkpoint import save_model_folder
+    from .model import SegmentationLoss, build_model, output_channels, pick_device, pick_precision
+    from .predict import Predictor
+    from .transforms import PipelineConfig, build_eval, build_train, to_dict
+
+    if options.epochs < 1 or options.batch_size < 1 or options.crop < 32 or options.crop % 32:
+        raise UsageError("--epochs and --batch-size must be >= 1 and --crop a multiple of 32 (>= 32)")
+    device = pick_device(options.device)
+    precision = pick_precision(options.precision, device)
+
+    images_dir, masks_dir = resolve_layout(options.data, options.images, options.masks)
+    pairs = find_pairs(images_dir, masks_dir)
+    if options.val is not None:
+        train_pairs, val_pairs = pairs, find_pairs(*resolve_layout(options.val))
+    else:
+        train_pairs, val_pairs = split_pairs(pairs, options.val_split, options.seed)
+    scan = scan_dataset(train_pairs, options.mask_mode, options.ignore_index, options.class_map_file, options.classes)
+    require_clean(scan, "training")
+    class_map = scan.class_map
+    val_scan = scan_dataset(val_pairs, class_map=class_map) if val_pairs else None
+    if val_scan is not None:
+        require_clean(val_scan, "validation")
+        if val_scan.in_channels != scan.in_channels:
+            raise UsageError(f"validation images have {val_scan.in_channels} channels, training images {scan.in_channels}")
+    _prepare_run_folder(options)
+
+    random.seed(options.seed)
+    np.random.seed(options.seed)
+    torch.manual_seed(options.seed)
+    pipeline_config = PipelineConfig(scan.mean, scan.std, options.crop, options.augment)
+    train_pipeline, eval_pipeline = build_train(pipeline_config), build_eval(pipeline_config)
+    train_pipeline.set_random_seed(options.seed)
+
+    model = build_model(options.encoder, scan.in_channels, output_channels(class_map.num_classes, class_map.is_binary),
+                        options.encoder_weights)
+    predictor = Predictor(model, class_map, eval_pipeline, scan.in_channels, device, precision)
+    model = predictor.model  # moved to the device, in the right memory format
+    loss_fn = SegmentationLoss(class_map.is_binary, IGNORE_ID, options.loss)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
+
+    samples = [(to_unit_range(s.image), s.mask) for s in scan.samples]
+    length = max(options.samples_per_epoch, len(samples))
+    dataset = _CropDataset([s[0] for s in samples], [s[1] for s in samples], train_pipeline, length)
+    workers = options.workers if options.workers is not None else (4 if device.type == "cuda" else 0)
+    generator = torch.Generator().manual_seed(options.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=options.batch_size, shuffle=True, drop_last=len(dataset) >= options.batch_size,
+        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0, generator=generator,
+        worker_init_fn=lambda worker: train_pipeline.set_random_seed(options.seed * 1000 + worker),
+    )
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * options.epochs
+    yield DataReady(len(train_pairs), len(val_pairs), class_map, scan.class_pixels, scan.in_channels,
+                    str(device), precision.name, steps_per_epoch)
+
+    meta_base = {
+        "classes": class_map.to_dict(),
+        "in_channels": scan.in_channels,
+        "out_channels": output_channels(class_map.num_classes, class_map.is_binary),
+        "threshold": 0.5,
+        "input": "images are scaled to [0, 1] by their dtype's range (8-bit /255, 16-bit /65535), then normalised",
+        "pipeline": {"config": asdict(pipeline_config), "eval": to_dict(eval_pipeline), "train": to_dict(train_pipeline)},
+        "tile": {"size": max(2 * options.crop, 512), "overlap": 0.25},
+        "training": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
+        "data": {"train_pairs": len(train_pairs), "val_pairs": len(val_pairs), "class_pixels": scan.class_pixels,
+                 "fingerprint": _fingerprint(train_pairs, scan.sizes)},
+    }
+    run_dir = Path(options.out)
+    _write_run_yaml(run_dir, options)
+    history: list[dict] = []
+    best_score, best_epoch, stale = -math.inf, 0, 0
+    best_metrics: dict = {}
+    start = time.monotonic()
+    step_count = 0
+    reason = "completed"
+    for epoch in range(1, options.epochs + 1):
+        epoch_start = time.monotonic()
+        model.train()
+        running = []
+        lr = options.lr
+        for step, (x, y) in enumerate(loader, 1):
+            progress = step_count / max(total_steps, 1)
+            if options.time_limit:
+                progress = max(progress, (time.monotonic() - start) / options.time_limit)
+            lr = _learning_rate(options.lr, progress)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            if precision.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with precision.autocast(device):
+                logits = model(x)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step_count += 1
+            running.append(float(loss.detach()))
+            yield BatchDone(epoch, step, steps_per_epoch, running[-1])
+        train_loss = float(np.mean(running))
+
+        if val_scan is not None:
+            val_loss, matrix = validate(predictor, val_scan.samples, loss_fn, class_map.num_classes)
+            scores = scores_from_counts(counts_from_confusion(matrix))
+            dice, iou = [float(v) for v in scores["dice"]], [float(v) for v in scores["iou"]]
+            score = nanmean(dice)
+        else:
+            val_loss, dice, iou, score = None, [], [], -train_loss
+        is_best = score > best_score + options.min_delta
+        seconds = time.monotonic() - epoch_start
+        row = {"epoch": epoch, "train_loss": round(train_loss, 6),
+               "val_loss": "" if val_loss is None else round(val_loss, 6), "lr": f"{lr:.3g}",
+               "seconds": round(seconds, 2)}
+        for name, d, i in zip(class_map.names, dice, iou):
+            row[f"dice_{name}"], row[f"iou_{name}"] = round(d, 6), round(i, 6)
+        history.append(row)
+        metrics = {k: v for k, v in row.items() if k not in ("lr", "seconds")}
+        if is_best:
+            best_score, best_epoch, stale, best_metrics = score, epoch, 0, metrics
+            save_model_folder(run_dir / "model-best", model, {**meta_base, "epoch": epoch, "metrics": metrics})
+        else:
+            stale += 1
+        state = {"epoch": epoch, "step": step_count, "best_score": best_score, "best_epoch": best_epoch,
+                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "history": history,
+                 "torch_rng": torch.get_rng_state()}
+        save_model_folder(run_dir / "model-last", model, {**meta_base, "epoch": epoch, "metrics": metrics}, state)
+        _write_history(run_dir / "history.csv", history)
+        yield EpochDone(epoch, options.epochs, train_loss, val_loss, dice, iou, score, is_best, lr, seconds)
+
+        elapsed = time.monotonic() - start
+        if options.patience is not None and stale >= options.patience:
+            reason = "early stop"
+            break
+        if options.time_limit and elapsed + elapsed / epoch > options.time_limit:
+            reason = "time limit"
+            break
+    yield TrainingDone(run_dir, best_epoch, best_score, reason, best_metrics)
+
+
+def _write_run_yaml(run_dir: Path, options: TrainOptions) -> None:
+    import yaml
+
+    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
+    write_bytes_atomic(run_dir / "run.yaml", yaml.safe_dump(resolved, sort_keys=False).encode())

@@ -1,0 +1,107 @@
+"""The one Albumentations pipeline: train = crop + augment + normalise; eval = normalise + pad.
+
+Both pipelines are built from one `PipelineConfig` and serialised with `A.to_dict` into the model folder;
+predict and evaluate rebuild the eval pipeline from there (`A.from_dict`), so preprocessing cannot drift.
+Images enter every pipeline as float32 in [0, 1] (see `images.to_unit_range`), so `max_pixel_value` is 1.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would otherwise check PyPI on import
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+
+from .errors import UsageError  # noqa: E402
+
+AUGMENT_PRESETS = ("none", "light", "default", "heavy", "elastic")
+STRIDE = 32  # U-Net with a 5-stage encoder halves the resolution five times
+REFLECT = cv2.BORDER_REFLECT_101
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    mean: tuple[float, ...]  # per-channel mean of the training images, in [0, 1] units
+    std: tuple[float, ...]  # per-channel standard deviation, in [0, 1] units
+    crop: int = 256  # training crop side in pixels
+    augment: str = "default"  # a preset name or a path to an Albumentations JSON/YAML file
+
+
+def _augmentations(augment: str) -> list:
+    flips = [A.HorizontalFlip(), A.VerticalFlip(), A.RandomRotate90()]
+    if augment == "none":
+        return []
+    if augment == "light":
+        return flips
+    if augment == "default":
+        return flips + [
+            A.Affine(scale=(0.9, 1.1), rotate=(-15, 15), translate_percent=(-0.05, 0.05), border_mode=REFLECT, p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+        ]
+    if augment == "heavy":
+        return flips + [
+            A.Affine(scale=(0.75, 1.25), rotate=(-45, 45), translate_percent=(-0.1, 0.1), shear=(-8, 8),
+                     border_mode=REFLECT, p=0.7),
+            A.RandomBrightnessContrast(brightness_limit=0.3, contrast_limit=0.3, p=0.7),
+            A.RandomGamma(gamma_limit=(70, 150), p=0.3),
+            A.GaussianBlur(blur_limit=(3, 5), p=0.2),
+            A.GaussNoise(std_range=(0.01, 0.05), p=0.3),
+        ]
+    if augment == "elastic":
+        # The U-Net paper: smooth deformations from random displacements on a coarse 3x3 grid
+        # (about 10 px), plus shift, small rotation, flips and grey-value variation.
+        return flips + [
+            A.GridElasticDeform(num_grid_xy=(3, 3), magnitude=10, p=0.8),
+            A.Affine(scale=(0.9, 1.1), rotate=(-10, 10), translate_percent=(-0.05, 0.05), border_mode=REFLECT, p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
+            A.GaussNoise(std_range=(0.01, 0.03), p=0.3),
+        ]
+    path = Path(augment)
+    if not path.is_file():
+        raise UsageError(f"--augment {augment!r}: not a preset ({', '.join(AUGMENT_PRESETS)}) nor an existing file")
+    try:
+        fmt = "yaml" if path.suffix.lower() in (".yaml", ".yml") else "json"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = A.load(str(path), data_format=fmt)
+    except Exception as err:  # albumentations raises many kinds for a bad file
+        raise UsageError(f"{path}: not an Albumentations pipeline file ({err}); write one with A.save()") from None
+    return [loaded]
+
+
+def build_train(config: PipelineConfig) -> A.Compose:
+    """Pad small images, take a random crop, augment it, normalise. Masks follow with nearest interpolation."""
+    return A.Compose(
+        [
+            A.PadIfNeeded(min_height=config.crop, min_width=config.crop, border_mode=REFLECT),
+            A.RandomCrop(height=config.crop, width=config.crop),
+            *_augmentations(config.augment),
+            A.Normalize(mean=config.mean, std=config.std, max_pixel_value=1.0),
+        ]
+    )
+
+
+def build_eval(config: PipelineConfig) -> A.Compose:
+    """Normalise, then reflect-pad bottom/right to a multiple of the network stride (crop back with [:h, :w])."""
+    return A.Compose(
+        [
+            A.Normalize(mean=config.mean, std=config.std, max_pixel_value=1.0),
+            A.PadIfNeeded(min_height=None, min_width=None, pad_height_divisor=STRIDE, pad_width_divisor=STRIDE,
+                          position="top_left", border_mode=REFLECT),
+        ]
+    )
+
+
+def to_dict(pipeline: A.Compose) -> dict:
+    return A.to_dict(pipeline)
+
+
+def from_dict(data: dict) -> A.Compose:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return A.from_dict(data)
