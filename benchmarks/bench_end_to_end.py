@@ -1,0 +1,279 @@
+#!/usr/bin/env python
+"""End-to-end benchmark of the real `unetcli` CLI, run as subprocesses.
+
+1. `unetcli --help` wall time (median of 5 runs of the installed console script).
+2. `unetcli demo DIR` wall time and the foreground Dice it reaches (from the demo's own output and from
+   `unetcli evaluate DIR/run/model-best DIR/held-out --json`).
+3. ISBI 2012 EM membrane data: train on slices 0-24 with `--val-split 0 --time-limit Nm` (otherwise default
+   options), then `unetcli evaluate RUN/model-last TEST --json` on slices 25-29, which training never sees.
+   model-last, not model-best: without validation model-best is chosen by *training* loss, so it says nothing
+   about held-out data; model-last is the model at the end of the (clock-driven) LR schedule.
+
+Usage:
+    python benchmarks/bench_end_to_end.py                       # full run (~13 min on 2 cores)
+    python benchmarks/bench_end_to_end.py --minutes 1           # smoke run
+    python benchmarks/bench_end_to_end.py --skip-demo --skip-membrane
+
+Figures are printed and written as JSON to --out (default benchmarks/results/end_to_end.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MEMBRANE = REPO.parent / "shared" / "datasets" / "membrane"
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "end_to_end.json"
+TRAIN_SLICES = range(0, 25)
+TEST_SLICES = range(25, 30)
+
+
+def log(message: str = "") -> None:
+    print(message, flush=True)
+
+
+def cli_command() -> list[str]:
+    """The installed console script next to this interpreter, else `python -m unetcli`."""
+    script = Path(sys.executable).with_name("unetcli")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "unetcli"]
+
+
+def run_cli(args: list[str], timeout: float | None = None, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    command = cli_command() + [str(a) for a in args]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    return result, time.perf_counter() - start
+
+
+def check(result: subprocess.CompletedProcess, what: str) -> None:
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} exited {result.returncode}\n--- stdout ---\n{result.stdout[-3000:]}"
+                           f"\n--- stderr ---\n{result.stderr[-3000:]}")
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "load average: " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def load_snapshot() -> dict:
+    return {"uptime": uptime(), "loadavg": [round(v, 2) for v in os.getloadavg()],
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def machine_facts() -> dict:
+    import torch
+
+    from unetcli.model import cpu_has_native_bf16, pick_device, pick_precision
+
+    device = pick_device("auto")
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device_auto": str(device),
+        "cpu_has_native_bf16": cpu_has_native_bf16(),
+        "precision_auto": pick_precision("auto", device).name,
+        "cli": " ".join(cli_command()),
+    }
+
+
+def model_values(model_dir: Path) -> dict[str, object]:
+    """Class name -> mask value of a model folder (from `unetcli info --json`)."""
+    result, _ = run_cli(["info", model_dir, "--json"])
+    check(result, "unetcli info")
+    meta = json.loads(result.stdout)
+    return {c["name"]: c["value"] for c in meta["classes"]["classes"]} if "classes" in meta["classes"] else {}
+
+
+def evaluate(model_dir: Path, data: Path) -> tuple[dict, float]:
+    result, seconds = run_cli(["evaluate", model_dir, data, "--json"])
+    check(result, "unetcli evaluate")
+    return json.loads(result.stdout), seconds
+
+
+def bench_help(runs: int = 5) -> dict:
+    times = []
+    for _ in range(runs):
+        result, seconds = run_cli(["--help"])
+        check(result, "unetcli --help")
+        times.append(seconds)
+    return {"runs": runs, "median_s": round(statistics.median(times), 3), "all_s": [round(t, 3) for t in times]}
+
+
+def bench_demo(workdir: Path) -> dict:
+    folder = workdir / "demo"
+    result, seconds = run_cli(["demo", folder])
+    check(result, "unetcli demo")
+    output = result.stdout + result.stderr
+    match = re.search(r"foreground Dice\s+([0-9.]+|-)\s+on\s+(\d+) held-out", output)
+    reported = float(match.group(1)) if match and match.group(1) != "-" else None
+    epochs = len(re.findall(r"^epoch \d+/\d+", result.stderr, re.M))
+    summary, eval_s = evaluate(folder / "run" / "model-best", folder / "held-out")
+    fg = summary["classes"].get("foreground", {})
+    return {
+        "wall_s": round(seconds, 1),
+        "epochs": epochs,
+        "held_out_images": summary["images"],
+        "foreground_dice_reported_by_demo": reported,
+        "foreground_dice": fg.get("dice"),
+        "background_dice": summary["classes"].get("background", {}).get("dice"),
+        "pixel_error": summary["pixel_error"],
+        "evaluate_wall_s": round(eval_s, 1),
+        "demo_tail": output.strip().splitlines()[-3:],
+    }
+
+
+def split_membrane(source: Path, workdir: Path) -> tuple[Path, Path]:
+    folders = {}
+    for name, slices in (("train", TRAIN_SLICES), ("test", TEST_SLICES)):
+        root = workdir / "membrane" / name
+        for sub in ("images", "masks"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            for i in slices:
+                src = (source / sub / f"{i}.png").resolve()
+                if not src.exists():
+                    raise FileNotFoundError(src)
+                (root / sub / f"{i}.png").symlink_to(src)
+        folders[name] = root
+    return folders["train"], folders["test"]
+
+
+def bench_membrane(source: Path, workdir: Path, minutes: float) -> dict:
+    train_dir, test_dir = split_membrane(source, workdir)
+    run_dir = workdir / "membrane" / "run"
+    args = ["train", train_dir, "--val-split", "0", "-o", run_dir, "--time-limit", f"{minutes:g}m", "--json"]
+    log(f"  $ unetcli {' '.join(str(a) for a in args)}")
+    result, train_s = run_cli(args)
+    check(result, "unetcli train")
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    epochs = [e for e in events if e.get("event") == "epoch"]
+    done = next((e for e in events if e.get("event") == "done"), {})
+    header = next((line for line in result.stderr.splitlines() if "training /" in line), "")
+
+    model_dir = run_dir / "model-last"
+    summary, eval_s = evaluate(model_dir, test_dir)
+    values = model_values(model_dir)
+    role = {0: "membrane", 255: "cell interior"}
+    per_class = {}
+    for name, entry in summary["classes"].items():
+        value = values.get(name)
+        per_class[name] = {"mask_value": value, "meaning": role.get(value, "?"),
+                           **{k: entry[k] for k in ("dice", "iou", "precision", "recall", "dice_image_mean")}}
+    return {
+        "train_slices": f"{TRAIN_SLICES.start}-{TRAIN_SLICES.stop - 1}",
+        "test_slices": f"{TEST_SLICES.start}-{TEST_SLICES.stop - 1}",
+        "time_limit_min": minutes,
+        "train_command": "unetcli " + " ".join(str(a) for a in args),
+        "train_header": header.strip(),
+        "train_wall_s": round(train_s, 1),
+        "epochs_done": len(epochs),
+        "stop_reason": done.get("reason"),
+        "epoch_seconds": [e["seconds"] for e in epochs],
+        "train_loss": [round(e["train_loss"], 4) for e in epochs],
+        "best_epoch_by_train_loss": done.get("best_epoch"),
+        "evaluated_model": "model-last (no validation set, so model-best is picked by training loss)",
+        "evaluate_wall_s": round(eval_s, 1),
+        "test_images": summary["images"],
+        "pixel_error": summary["pixel_error"],
+        "pixel_accuracy": summary["pixel_accuracy"],
+        "mean_dice": summary["mean_dice"],
+        "classes": per_class,
+        "confusion_matrix": summary["confusion_matrix"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--membrane", type=Path, default=DEFAULT_MEMBRANE, help="ISBI 2012 membrane folder (images/, masks/)")
+    parser.add_argument("--minutes", type=float, default=10, help="membrane training --time-limit in minutes (default 10)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
+    parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--skip-membrane", action="store_true")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep temp folders here (default: a temp dir, removed)")
+    options = parser.parse_args()
+
+    results: dict = {"command": " ".join([Path(sys.executable).name] + sys.argv), "load_start": load_snapshot()}
+    log(f"load at start: {results['load_start']['uptime']}")
+    results["machine"] = machine_facts()
+    m = results["machine"]
+    log(f"machine: {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), device {m['device_auto']}, "
+        f"native bf16 {m['cpu_has_native_bf16']} -> precision auto = {m['precision_auto']}")
+
+    workdir = options.workdir or Path(tempfile.mkdtemp(prefix="unetcli-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    errors = []
+    try:
+        log("\n[1] unetcli --help")
+        results["help"] = bench_help()
+        log(f"  median {results['help']['median_s']:.3f} s of {results['help']['all_s']}")
+
+        if options.skip_demo:
+            log("\n[2] demo: skipped (--skip-demo)")
+        else:
+            log("\n[2] unetcli demo DIR")
+            try:
+                d = results["demo"] = bench_demo(workdir)
+                log(f"  wall {d['wall_s']:.1f} s, {d['epochs']} epochs; foreground Dice {d['foreground_dice']} "
+                    f"(demo printed {d['foreground_dice_reported_by_demo']}) on {d['held_out_images']} held-out images; "
+                    f"pixel error {d['pixel_error']}")
+            except Exception as err:  # keep going: report what fails
+                errors.append(f"demo: {err}")
+                log(f"  FAILED: {err}")
+
+        if options.skip_membrane:
+            log("\n[3] membrane: skipped (--skip-membrane)")
+        elif not (options.membrane / "images").is_dir() or not (options.membrane / "masks").is_dir():
+            log(f"\n[3] membrane: skipped ({options.membrane} has no images/ and masks/)")
+            results["membrane"] = {"skipped": f"{options.membrane} missing"}
+        else:
+            log(f"\n[3] membrane (ISBI 2012): train slices 0-24 for {options.minutes:g} min, test on 25-29")
+            try:
+                r = results["membrane"] = bench_membrane(options.membrane, workdir, options.minutes)
+                log(f"  {r['train_header']}")
+                log(f"  training {r['train_wall_s']:.1f} s wall, {r['epochs_done']} epochs ({r['stop_reason']}); "
+                    f"epoch times {r['epoch_seconds']}")
+                log(f"  train loss {r['train_loss']}")
+                log(f"  evaluated {r['evaluated_model']}")
+                log(f"  test ({r['test_images']} slices, unseen in training): pixel error {r['pixel_error']}, "
+                    f"mean Dice {r['mean_dice']}")
+                for name, c in r["classes"].items():
+                    log(f"    {name:<11} value {c['mask_value']!s:<4} ({c['meaning']}): Dice {c['dice']}  IoU {c['iou']}  "
+                        f"precision {c['precision']}  recall {c['recall']}")
+                log(f"  confusion matrix (rows truth, cols prediction): {r['confusion_matrix']}")
+            except Exception as err:
+                errors.append(f"membrane: {err}")
+                log(f"  FAILED: {err}")
+    finally:
+        if options.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    results["load_end"] = load_snapshot()
+    results["errors"] = errors
+    log(f"\nload at end: {results['load_end']['uptime']}")
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(json.dumps(results, indent=2) + "\n")
+    log(f"results: {options.out}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
