@@ -280,6 +280,9 @@ def predict(
     save: Annotated[str, typer.Option("--save", help="Comma list of mask, color, overlay.")] = "mask",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass (same-size images are grouped).")] = 4,
     threshold: Annotated[Optional[float], typer.Option("--threshold", help="Foreground probability threshold (binary models).")] = None,
+    tile: Annotated[str, typer.Option("--tile", help="auto (the model's tile size) | off | N: images larger than N are predicted in overlapping tiles.")] = "auto",
+    overlap: Annotated[Optional[float], typer.Option("--overlap", help="Tile overlap share (default 0.25).")] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="Average over flips (4x slower).")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose outputs already exist.")] = False,
     shard: Annotated[Optional[str], typer.Option("--shard", help="K/N: process only the K-th of N interleaved shares.")] = None,
     device: DeviceOpt = "auto",
@@ -296,9 +299,8 @@ def predict(
         paths = resolve_inputs(inputs)
         options = PredictOptions(out_dir=out, save=tuple(s.strip() for s in save.split(",") if s.strip()),
                                  batch_size=max(1, batch_size), skip_existing=skip_existing, shard=parse_shard(shard))
-        predictor = Predictor.from_folder(resolve_model_dir(model), device, precision)
-        if threshold is not None:
-            predictor.threshold = threshold
+        predictor = Predictor.from_folder(resolve_model_dir(model), device, precision, tile, overlap, tta, threshold,
+                                          options.batch_size)
         return render_predictions(predict_files(predictor, paths, options), as_json, quiet, len(paths))
 
     run_guarded(action)
@@ -337,6 +339,8 @@ def evaluate(
     gt: Annotated[Optional[Path], typer.Option("--gt", help="Folder of true masks, for --pred.")] = None,
     mask_mode: MaskModeOpt = "auto",
     class_map: ClassMapOpt = None,
+    tile: Annotated[str, typer.Option("--tile", help="As for predict: auto | off | N.")] = "auto",
+    tta: Annotated[bool, typer.Option("--tta", help="Average over flips, as predict --tta.")] = False,
     per_image: Annotated[Optional[Path], typer.Option("--per-image", help="Write per-image scores and counts (CSV).")] = None,
     summary_file: Annotated[Optional[Path], typer.Option("--summary", help="Write the summary (JSON).")] = None,
     device: DeviceOpt = "auto",
@@ -357,7 +361,7 @@ def evaluate(
         else:
             if model is None:
                 raise UsageError("give a MODEL folder and DATA (or --pred DIR --gt DIR)")
-            events = evaluate_model(resolve_model_dir(model), data, images, masks, device, precision)
+            events = evaluate_model(resolve_model_dir(model), data, images, masks, device, precision, tile, tta)
         evaluation = render_evaluation(events, quiet)
         evaluation.write(per_image, summary_file)
         summary = evaluation.summary()

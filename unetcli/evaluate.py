@@ -91,18 +91,18 @@ def _fmt(value) -> str:
 
 
 def evaluate_model(model_dir: Path, data: Path | None, images: Path | None = None, masks: Path | None = None,
-                   device: str = "auto", precision: str = "auto") -> Iterator:
+                   device: str = "auto", precision: str = "auto", tile: str = "auto", tta: bool = False) -> Iterator:
     """Predict every pair of DATA with the model (as `predict` would) and score it. Yields ImageResults,
     then the finished Evaluation."""
     from .predict import Predictor
 
-    predictor = Predictor.from_folder(model_dir, device, precision)
+    predictor = Predictor.from_folder(model_dir, device, precision, tile=tile, tta=tta)
     pairs = find_pairs(*resolve_layout(data, images, masks))
     evaluation = Evaluation(predictor.class_map.names)
     for pair in pairs:
         sample = read_sample(pair)
         truth = predictor.class_map.decode(sample.raw_mask, pair.mask)
-        pred = predictor.predict_batch([sample.image])[0]
+        pred = predictor.predict_image(sample.image, pair.image)
         result = ImageResult(pair.stem, confusion_matrix(pred, truth, len(evaluation.class_names)))
         evaluation.images.append(result)
         yield result

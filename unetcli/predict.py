@@ -24,6 +24,7 @@ import numpy as np
 from .errors import DataError, OutputError, UnetcliError, UsageError
 from .images import is_image_file, read_image, to_unit_range, write_png
 from .masks import ClassMap
+from .tiling import blend, pad_for_grid, plan_tiles
 
 SAVE_KINDS = ("mask", "color", "overlay")
 
@@ -42,11 +43,39 @@ def match_channels(image: np.ndarray, channels: int, path: Path | str) -> np.nda
     raise DataError(f"{path}: image has {have} channel(s) but the model expects {channels}; convert the image")
 
 
+def parse_tile(tile: str | int, default: int) -> int | None:
+    """'auto' -> the model's tile size, 'off' -> whole images always, N -> N (a multiple of 32)."""
+    if tile == "auto":
+        return default
+    if tile in ("off", "0", 0):
+        return None
+    try:
+        size = int(tile)
+    except ValueError:
+        raise UsageError(f"--tile {tile!r}: use auto, off or a size in pixels (a multiple of 32)") from None
+    if size < 32 or size % 32:
+        raise UsageError(f"--tile {size}: the tile size must be a multiple of 32 (e.g. 256, 512, 1024)")
+    return size
+
+
+def check_overlap(overlap: float) -> float:
+    if not 0 <= overlap <= 0.75:
+        raise UsageError(f"--overlap {overlap}: use a share between 0 and 0.75 (default 0.25)")
+    return overlap
+
+
+def check_threshold(threshold: float) -> float:
+    if not 0 < threshold < 1:
+        raise UsageError(f"--threshold {threshold}: use a probability strictly between 0 and 1")
+    return threshold
+
+
 class Predictor:
     """A model plus everything needed to apply it exactly as it was trained."""
 
     def __init__(self, model, class_map: ClassMap, eval_pipeline, in_channels: int, device, precision,
-                 threshold: float = 0.5):
+                 threshold: float = 0.5, tile: int | None = None, overlap: float = 0.25, tta: bool = False,
+                 batch_size: int = 4):
         import torch
 
         self.torch = torch
@@ -56,19 +85,30 @@ class Predictor:
         self.device = device
         self.precision = precision
         self.threshold = threshold
+        self.tile = tile  # images larger than this (either side) are predicted in overlapping tiles
+        self.overlap = overlap
+        self.tta = tta  # average over horizontal, vertical and both flips
+        self.batch_size = batch_size
         memory_format = torch.channels_last if precision.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=memory_format)
 
     @classmethod
-    def from_folder(cls, path: Path, device: str = "auto", precision: str = "auto") -> "Predictor":
+    def from_folder(cls, path: Path, device: str = "auto", precision: str = "auto", tile: str = "auto",
+                    overlap: float | None = None, tta: bool = False, threshold: float | None = None,
+                    batch_size: int = 4) -> "Predictor":
+        """Load a model folder. tile: 'auto' (the model's default), 'off', or a size in pixels."""
         from .checkpoint import load_model_folder
         from .model import pick_device, pick_precision
         from .transforms import from_dict
 
         loaded = load_model_folder(path)
         dev = pick_device(device)
+        defaults = loaded.meta.get("tile", {})
         return cls(loaded.model, loaded.class_map, from_dict(loaded.meta["pipeline"]["eval"]), loaded.in_channels,
-                   dev, pick_precision(precision, dev), loaded.threshold)
+                   dev, pick_precision(precision, dev),
+                   loaded.threshold if threshold is None else check_threshold(threshold),
+                   parse_tile(tile, defaults.get("size", 512)),
+                   defaults.get("overlap", 0.25) if overlap is None else check_overlap(overlap), tta, batch_size)
 
     def preprocess(self, image: np.ndarray, path: Path | str = "image") -> np.ndarray:
         """H x W x C stored image -> C x H' x W' float32, normalised and padded to the stride."""
@@ -86,8 +126,16 @@ class Predictor:
             x = x.contiguous(memory_format=torch.channels_last)
         self.model.eval()
         with torch.inference_mode(), self.precision.autocast(self.device):
-            out = self.model(x)
+            if self.tta:
+                flips = ((), (3,), (2,), (2, 3))
+                out = sum(self._flipped(self.model(self._flipped(x, dims)).float(), dims) for dims in flips) / len(flips)
+            else:
+                out = self.model(x)
         return out[:, :, :height, :width].float().cpu()
+
+    @staticmethod
+    def _flipped(x, dims):
+        return x.flip(dims) if dims else x
 
     def ids_from_logits(self, logits) -> np.ndarray:
         from .model import class_ids
@@ -95,10 +143,33 @@ class Predictor:
         return class_ids(logits, self.class_map.is_binary, self.threshold).numpy()
 
     def predict_batch(self, images: list[np.ndarray]) -> np.ndarray:
-        """Same-size stored images -> class ids (N, H, W) uint8."""
+        """Same-size stored images, predicted whole -> class ids (N, H, W) uint8."""
         height, width = images[0].shape[:2]
         batch = np.stack([self.preprocess(image) for image in images])
         return self.ids_from_logits(self.logits(batch, height, width))
+
+    def needs_tiles(self, image: np.ndarray) -> bool:
+        return bool(self.tile) and (image.shape[0] > self.tile or image.shape[1] > self.tile)
+
+    def predict_image(self, image: np.ndarray, path: Path | str = "image") -> np.ndarray:
+        """One stored image -> class ids (H, W): whole when it fits a tile, else overlap-tile."""
+        image = match_channels(image, self.in_channels, path)
+        if not self.needs_tiles(image):
+            return self.predict_batch([image])[0]
+        grid = plan_tiles(image.shape[0], image.shape[1], self.tile, self.overlap)
+
+        def forward(tiles: list[np.ndarray]) -> np.ndarray:
+            batch = np.stack([self.preprocess(tile, path) for tile in tiles])
+            return self.logits(batch, self.tile, self.tile).numpy()
+
+        channels = 1 if self.class_map.is_binary else self.class_map.num_classes
+        return blend(pad_for_grid(image, grid), grid, forward, channels, self._ids_from_blended, self.batch_size)
+
+    def _ids_from_blended(self, logits: np.ndarray) -> np.ndarray:
+        """(K, rows, W) blended logits -> (rows, W) ids; same rule as `ids_from_logits`."""
+        if self.class_map.is_binary:
+            return (logits[0] > np.log(self.threshold / (1 - self.threshold))).astype(np.uint8)
+        return logits.argmax(axis=0).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -306,9 +377,13 @@ def predict_files(predictor: Predictor, paths: list[Path], options: PredictOptio
             except DataError as err:
                 yield PredictResult(path, "error", error=str(err), exit_code=err.exit_code)
                 continue
-            if pending and (pending[0][1].shape != image.shape or len(pending) >= options.batch_size):
-                flush()
-            pending.append((path, image))
+            if predictor.needs_tiles(image):
+                ids = predictor.predict_image(image, path)
+                writes.append(writers.submit(_write_outputs, predictor, path, image, ids, options))
+            else:
+                if pending and (pending[0][1].shape != image.shape or len(pending) >= options.batch_size):
+                    flush()
+                pending.append((path, image))
             # yield finished writes; wait for them when too many masks would pile up in memory
             while writes and (writes[0].done() or len(writes) > 2 * options.batch_size):
                 yield writes.pop(0).result()

@@ -233,7 +233,7 @@ def train(options: TrainOptions) -> Iterator:
         "threshold": 0.5,
         "input": "images are scaled to [0, 1] by their dtype's range (8-bit /255, 16-bit /65535), then normalised",
         "pipeline": {"config": asdict(pipeline_config), "eval": to_dict(eval_pipeline), "train": to_dict(train_pipeline)},
-        "tile": {"size": max(2 * options.crop, 512), "overlap": 0.25},
+        "tile": {"size": max(4 * options.crop, 1024), "overlap": 0.25},
         "training": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
         "data": {"train_pairs": len(train_pairs), "val_pairs": len(val_pairs), "class_pixels": scan.class_pixels,
                  "fingerprint": _fingerprint(train_pairs, scan.sizes)},

@@ -1,0 +1,123 @@
+"""Overlap-tile geometry and Gaussian blending (the U-Net paper's strategy for images of any size).
+
+The image is mirrored (reflect-padded) at its borders so that border pixels get context, cut into
+overlapping tiles, and the tiles' logits are blended with a Gaussian weight so seams vanish. Rows of tiles
+are processed in order and blended in a band that is `tile` rows tall: memory grows with the image width,
+not with its area (the finished class ids are uint8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .transforms import STRIDE
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    height: int  # image size
+    width: int
+    tile: int  # tile side (a multiple of the network stride)
+    stride: int  # distance between tile origins
+    margin: int  # mirrored context added above and left of the image
+    ys: tuple[int, ...]  # tile origins in padded coordinates
+    xs: tuple[int, ...]
+
+    @property
+    def padded_height(self) -> int:
+        return self.ys[-1] + self.tile
+
+    @property
+    def padded_width(self) -> int:
+        return self.xs[-1] + self.tile
+
+
+def _starts(length: int, tile: int, stride: int, margin: int) -> tuple[int, ...]:
+    """Tile origins so that [margin, margin + length) is covered, in steps of `stride`."""
+    needed = length + 2 * margin
+    count = max(1, -(-(needed - tile) // stride) + 1)
+    return tuple(i * stride for i in range(count))
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: float) -> TileGrid:
+    if tile < STRIDE or tile % STRIDE:
+        raise ValueError(f"tile size {tile} must be a positive multiple of {STRIDE}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap {overlap} must be in [0, 1)")
+    stride = max(STRIDE // 2, int(round(tile * (1 - overlap))))
+    margin = (tile - stride) // 2
+    return TileGrid(height, width, tile, stride, margin,
+                    _starts(height, tile, stride, margin), _starts(width, tile, stride, margin))
+
+
+def gaussian_weight(tile: int, sigma_scale: float = 0.125) -> np.ndarray:
+    """A (tile, tile) weight peaking at the centre, never below 1e-3 so every pixel gets a weight."""
+    axis = np.arange(tile, dtype=np.float64) - (tile - 1) / 2
+    g = np.exp(-0.5 * (axis / (tile * sigma_scale)) ** 2)
+    weight = np.outer(g, g)
+    return np.maximum(weight / weight.max(), 1e-3).astype(np.float32)
+
+
+def mirror_indices(length: int, before: int, total: int) -> np.ndarray:
+    """Source index of each of `total` padded positions when `before` mirrored pixels precede `length`
+    real ones (reflect without repeating the edge pixel, to any depth)."""
+    position = np.arange(total) - before
+    if length == 1:
+        return np.zeros(total, np.int64)
+    period = 2 * (length - 1)
+    position = np.mod(position, period)
+    return np.where(position < length, position, period - position)
+
+
+def pad_for_grid(image: np.ndarray, grid: TileGrid) -> np.ndarray:
+    """Mirror the image at its borders so that every tile lies inside it, as the U-Net paper does."""
+    rows = mirror_indices(grid.height, grid.margin, grid.padded_height)
+    cols = mirror_indices(grid.width, grid.margin, grid.padded_width)
+    return np.take(np.take(image, rows, axis=0), cols, axis=1)
+
+
+def blend(
+    padded: np.ndarray,
+    grid: TileGrid,
+    forward: Callable[[list[np.ndarray]], np.ndarray],
+    channels: int,
+    to_ids: Callable[[np.ndarray], np.ndarray],
+    batch_size: int = 4,
+) -> np.ndarray:
+    """Run `forward` on batches of tiles, blend their (N, channels, tile, tile) logits with a Gaussian, and
+    turn finished rows into class ids with `to_ids` ((channels, rows, W) -> (rows, W)). Returns (H, W) uint8."""
+    tile, stride, margin = grid.tile, grid.stride, grid.margin
+    weight = gaussian_weight(tile)
+    ids = np.zeros((grid.height, grid.width), np.uint8)
+    band = np.zeros((channels, tile, grid.padded_width), np.float32)
+    band_weight = np.zeros((tile, grid.padded_width), np.float32)
+    band_top = 0  # padded row of band[0]
+
+    def finish(rows: int) -> None:
+        """Turn the band's first `rows` rows into ids (those rows get no further tiles)."""
+        top, bottom = max(band_top, margin), min(band_top + rows, margin + grid.height)
+        if bottom > top:
+            logits = band[:, top - band_top: bottom - band_top, margin: margin + grid.width]
+            weights = band_weight[top - band_top: bottom - band_top, margin: margin + grid.width]
+            ids[top - margin: bottom - margin] = to_ids(logits / weights)
+
+    for y in grid.ys:
+        if y > band_top:
+            shift = y - band_top
+            finish(shift)
+            band[:, : tile - shift] = band[:, shift:]
+            band[:, tile - shift:] = 0
+            band_weight[: tile - shift] = band_weight[shift:]
+            band_weight[tile - shift:] = 0
+            band_top = y
+        for start in range(0, len(grid.xs), batch_size):
+            xs = grid.xs[start: start + batch_size]
+            logits = forward([padded[y: y + tile, x: x + tile] for x in xs])
+            for x, tile_logits in zip(xs, logits):
+                band[:, :, x: x + tile] += tile_logits * weight
+                band_weight[:, x: x + tile] += weight
+    finish(tile)
+    return ids
