@@ -181,8 +181,9 @@ def render_training(events, quiet: bool = False, as_json: bool = False):
     return done
 
 
-@app.command(epilog="Example: unetcli train data/ -o runs/cells --epochs 50")
+@app.command(epilog="Example: unetcli train data/ -o runs/cells --epochs 50   |   unetcli train --resume runs/cells --epochs 80")
 def train(
+    ctx: typer.Context,
     data: DataArg = None,
     out: Annotated[Path, typer.Option("-o", "--out", help="Run folder to create (model-best/, model-last/, history.csv).")] = Path("runs/unet"),
     images: ImagesOpt = None,
@@ -210,16 +211,17 @@ def train(
     precision: PrecisionOpt = "auto",
     workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader workers (default 0 on CPU, 4 on GPU).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Reuse a non-empty run folder.")] = False,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue RUN from its model-last/ (--epochs may be raised).")] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a U-Net on a folder of images and masks."""
 
     def action():
-        from .train import TrainOptions
+        from .train import TrainOptions, resume_options
         from .train import train as run_training
 
-        options = TrainOptions(
+        given = dict(
             out=out, data=data, images=images, masks=masks, val=val, val_split=val_split, encoder=encoder,
             encoder_weights=encoder_weights, classes=parse_classes(classes), mask_mode=mask_mode,
             ignore_index=ignore_index, class_map_file=class_map, epochs=epochs, batch_size=batch_size, crop=crop,
@@ -227,6 +229,13 @@ def train(
             min_delta=min_delta, time_limit=parse_duration(time_limit), seed=seed, device=device,
             precision=precision, workers=workers, overwrite=overwrite,
         )
+        if resume is not None:
+            param = {"class_map_file": "class_map"}
+            typed = {k: v for k, v in given.items()
+                     if getattr(ctx.get_parameter_source(param.get(k, k)), "name", "") == "COMMANDLINE" and k != "out"}
+            options = resume_options(resume, typed)
+        else:
+            options = TrainOptions(**given)
         done = render_training(run_training(options), quiet, as_json)
         if as_json:
             print(json.dumps({"event": "done", "run": str(done.run_dir), "best_epoch": done.best_epoch,

@@ -8,10 +8,12 @@ whole validation images are predicted exactly as `unetcli predict` would (same P
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import math
 import random
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +22,8 @@ from typing import Iterator
 import numpy as np
 
 from .data import Pair, find_pairs, require_clean, resolve_layout, scan_dataset, split_pairs
-from .errors import OutputError, UsageError
+from .checkpoint import TRAIN_STATE_FILE
+from .errors import OutputError, UnetcliError, UsageError
 from .images import to_unit_range, write_bytes_atomic
 from .masks import IGNORE_ID, ClassMap
 from .metrics import confusion_matrix, counts_from_confusion, nanmean, scores_from_counts
@@ -55,6 +58,40 @@ class TrainOptions:
     precision: str = "auto"
     workers: int | None = None  # DataLoader workers; None = 0 on CPU, 4 on GPU
     overwrite: bool = False
+    resume: bool = False  # continue `out` from its model-last/ (see `resume_options`)
+
+
+# Options a resumed run may change; everything else must stay as the run was started.
+RESUMABLE_CHANGES = ("epochs", "patience", "min_delta", "time_limit", "device", "precision", "workers")
+
+
+class TrainingInterrupted(UnetcliError):
+    exit_code = 130
+
+
+def resume_options(run: Path, changes: dict) -> TrainOptions:
+    """The options a run was started with, plus the allowed `changes`; other changes are refused."""
+    from .checkpoint import read_meta
+
+    run = Path(run)
+    last = run / "model-last"
+    if not (last / TRAIN_STATE_FILE).is_file():
+        raise UsageError(f"{run}: nothing to resume (no model-last/{TRAIN_STATE_FILE}); start a new run without --resume")
+    stored = dict(read_meta(last).get("training", {}))
+    fields = {f.name: f for f in dataclasses.fields(TrainOptions)}
+    for key in ("out", "data", "images", "masks", "val", "class_map_file"):
+        if stored.get(key) is not None:
+            stored[key] = Path(stored[key])
+    refused = [f"--{k.replace('_', '-')} {v} (the run has {stored.get(k)})" for k, v in changes.items()
+               if k not in RESUMABLE_CHANGES and k in fields and v != stored.get(k)]
+    if refused:
+        raise UsageError(
+            f"{run}: cannot change {', '.join(refused)} on resume; only {', '.join(RESUMABLE_CHANGES)} may change. "
+            "Start a new run (-o) to train with other options"
+        )
+    merged = {k: v for k, v in stored.items() if k in fields}
+    merged.update({k: v for k, v in changes.items() if k in RESUMABLE_CHANGES})
+    return TrainOptions(**{**merged, "out": run, "resume": True})
 
 
 @dataclass(frozen=True)
@@ -135,6 +172,8 @@ class _CropDataset:
 
 def _prepare_run_folder(options: TrainOptions) -> None:
     out = Path(options.out)
+    if options.resume:
+        return
     if out.exists() and any(out.iterdir()) and not options.overwrite:
         raise UsageError(f"{out}: the run folder already exists and is not empty; choose another -o or pass --overwrite")
     try:
@@ -223,6 +262,17 @@ def train(options: TrainOptions) -> Iterator:
     )
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * options.epochs
+    history: list[dict] = []
+    best_score, best_epoch, stale, step_count, first_epoch = -math.inf, 0, 0, 0, 1
+    best_metrics: dict = {}
+    if options.resume:
+        state = _restore(Path(options.out) / "model-last", model, optimizer, scaler, class_map)
+        history, step_count, first_epoch = state["history"], state["step"], state["epoch"] + 1
+        best_score, best_epoch, stale = state["best_score"], state["best_epoch"], state["stale"]
+        best_metrics = state.get("best_metrics", {})
+        if first_epoch > options.epochs:
+            raise UsageError(f"{options.out}: the run already finished {state['epoch']} epochs; "
+                             f"raise --epochs above {state['epoch']} to train on")
     yield DataReady(len(train_pairs), len(val_pairs), class_map, scan.class_pixels, scan.in_channels,
                     str(device), precision.name, steps_per_epoch)
 
@@ -240,76 +290,135 @@ def train(options: TrainOptions) -> Iterator:
     }
     run_dir = Path(options.out)
     _write_run_yaml(run_dir, options)
-    history: list[dict] = []
-    best_score, best_epoch, stale = -math.inf, 0, 0
-    best_metrics: dict = {}
     start = time.monotonic()
-    step_count = 0
     reason = "completed"
-    for epoch in range(1, options.epochs + 1):
-        epoch_start = time.monotonic()
-        model.train()
-        running = []
-        lr = options.lr
-        for step, (x, y) in enumerate(loader, 1):
-            progress = step_count / max(total_steps, 1)
-            if options.time_limit:
-                progress = max(progress, (time.monotonic() - start) / options.time_limit)
-            lr = _learning_rate(options.lr, progress)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            if precision.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with precision.autocast(device):
-                logits = model(x)
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step_count += 1
-            running.append(float(loss.detach()))
-            yield BatchDone(epoch, step, steps_per_epoch, running[-1])
-        train_loss = float(np.mean(running))
+    stop = _StopRequest()
 
-        if val_scan is not None:
-            val_loss, matrix = validate(predictor, val_scan.samples, loss_fn, class_map.num_classes)
-            scores = scores_from_counts(counts_from_confusion(matrix))
-            dice, iou = [float(v) for v in scores["dice"]], [float(v) for v in scores["iou"]]
-            score = nanmean(dice)
-        else:
-            val_loss, dice, iou, score = None, [], [], -train_loss
-        is_best = score > best_score + options.min_delta
-        seconds = time.monotonic() - epoch_start
-        row = {"epoch": epoch, "train_loss": round(train_loss, 6),
-               "val_loss": "" if val_loss is None else round(val_loss, 6), "lr": f"{lr:.3g}",
-               "seconds": round(seconds, 2)}
-        for name, d, i in zip(class_map.names, dice, iou):
-            row[f"dice_{name}"], row[f"iou_{name}"] = round(d, 6), round(i, 6)
-        history.append(row)
-        metrics = {k: v for k, v in row.items() if k not in ("lr", "seconds")}
-        if is_best:
-            best_score, best_epoch, stale, best_metrics = score, epoch, 0, metrics
-            save_model_folder(run_dir / "model-best", model, {**meta_base, "epoch": epoch, "metrics": metrics})
-        else:
-            stale += 1
-        state = {"epoch": epoch, "step": step_count, "best_score": best_score, "best_epoch": best_epoch,
-                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "history": history,
-                 "torch_rng": torch.get_rng_state()}
-        save_model_folder(run_dir / "model-last", model, {**meta_base, "epoch": epoch, "metrics": metrics}, state)
-        _write_history(run_dir / "history.csv", history)
-        yield EpochDone(epoch, options.epochs, train_loss, val_loss, dice, iou, score, is_best, lr, seconds)
+    def save_last(epoch_done: int, metrics: dict) -> None:
+        state = {"epoch": epoch_done, "step": step_count, "best_score": best_score, "best_epoch": best_epoch,
+                 "stale": stale, "best_metrics": best_metrics, "optimizer": optimizer.state_dict(),
+                 "scaler": scaler.state_dict(), "history": history, "torch_rng": torch.get_rng_state()}
+        save_model_folder(run_dir / "model-last", model, {**meta_base, "epoch": epoch_done, "metrics": metrics}, state)
 
-        elapsed = time.monotonic() - start
-        if options.patience is not None and stale >= options.patience:
-            reason = "early stop"
-            break
-        if options.time_limit and elapsed + elapsed / epoch > options.time_limit:
-            reason = "time limit"
-            break
+    try:
+        for epoch in range(first_epoch, options.epochs + 1):
+            epoch_start = time.monotonic()
+            model.train()
+            running = []
+            lr = options.lr
+            # per-epoch seeds: an epoch draws the same crops and augmentations whether or not the run was resumed
+            generator.manual_seed(options.seed * 100003 + epoch)
+            train_pipeline.set_random_seed(options.seed * 100003 + epoch)
+            for step, (x, y) in enumerate(loader, 1):
+                if stop.requested:
+                    save_last(epoch - 1, history[-1] if history else {})
+                    raise TrainingInterrupted(
+                        f"interrupted ({stop.requested}) in epoch {epoch}; model-last/ holds the state after "
+                        f"{step_count} steps. Resume with: unetcli train --resume {run_dir}")
+                progress = step_count / max(total_steps, 1)
+                if options.time_limit:
+                    progress = max(progress, (time.monotonic() - start) / options.time_limit)
+                lr = _learning_rate(options.lr, progress)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                x = x.to(device, non_blocking=True)
+                y = y.to(device, non_blocking=True)
+                if precision.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with precision.autocast(device):
+                    logits = model(x)
+                loss = loss_fn(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step_count += 1
+                running.append(float(loss.detach()))
+                yield BatchDone(epoch, step, steps_per_epoch, running[-1])
+            train_loss = float(np.mean(running))
+
+            if val_scan is not None:
+                val_loss, matrix = validate(predictor, val_scan.samples, loss_fn, class_map.num_classes)
+                scores = scores_from_counts(counts_from_confusion(matrix))
+                dice, iou = [float(v) for v in scores["dice"]], [float(v) for v in scores["iou"]]
+                score = nanmean(dice)
+            else:
+                val_loss, dice, iou, score = None, [], [], -train_loss
+            is_best = score > best_score + options.min_delta
+            seconds = time.monotonic() - epoch_start
+            row = {"epoch": epoch, "train_loss": round(train_loss, 6),
+                   "val_loss": "" if val_loss is None else round(val_loss, 6), "lr": f"{lr:.3g}",
+                   "seconds": round(seconds, 2)}
+            for name, d, i in zip(class_map.names, dice, iou):
+                row[f"dice_{name}"], row[f"iou_{name}"] = round(d, 6), round(i, 6)
+            history.append(row)
+            metrics = {k: v for k, v in row.items() if k not in ("lr", "seconds")}
+            if is_best:
+                best_score, best_epoch, stale, best_metrics = score, epoch, 0, metrics
+                save_model_folder(run_dir / "model-best", model, {**meta_base, "epoch": epoch, "metrics": metrics})
+            else:
+                stale += 1
+            save_last(epoch, metrics)
+            _write_history(run_dir / "history.csv", history)
+            yield EpochDone(epoch, options.epochs, train_loss, val_loss, dice, iou, score, is_best, lr, seconds)
+            if stop.requested:
+                raise TrainingInterrupted(f"interrupted ({stop.requested}) after epoch {epoch}; model-last/ is saved. "
+                                          f"Resume with: unetcli train --resume {run_dir}")
+
+            elapsed = time.monotonic() - start
+            if options.patience is not None and stale >= options.patience:
+                reason = "early stop"
+                break
+            if options.time_limit and elapsed + elapsed / epoch > options.time_limit:
+                reason = "time limit"
+                break
+    finally:
+        stop.restore()
     yield TrainingDone(run_dir, best_epoch, best_score, reason, best_metrics)
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves model-last/ and stops cleanly."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self.previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second Ctrl-C: stop at once
+            self.restore()
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+
+def _restore(last: Path, model, optimizer, scaler, class_map: ClassMap) -> dict:
+    """Load weights and training state from model-last/ into the freshly built objects."""
+    import torch
+    from safetensors.torch import load_file
+
+    from .checkpoint import load_train_state, read_meta
+
+    stored = ClassMap.from_dict(read_meta(last)["classes"])
+    if stored.to_dict() != class_map.to_dict():
+        raise UsageError(f"{last}: the masks now decode to other classes ({class_map.describe_values()}) than when the "
+                         f"run started ({stored.describe_values()}); resume with the same data")
+    state = load_train_state(last)
+    weights = load_file(str(last / "model.safetensors"))
+    model.load_state_dict({k: v.to(next(model.parameters()).device) for k, v in weights.items()})
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    return state
 
 
 def _write_run_yaml(run_dir: Path, options: TrainOptions) -> None:
