@@ -66,7 +66,8 @@ def replace_folder(target: Path, write: Callable[[Path], None]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_model_folder(target: Path, model, meta: dict[str, Any], train_state: dict | None = None) -> None:
+def save_model_folder(target: Path, model, meta: dict[str, Any], train_state: dict | None = None,
+                      extra_files: dict[str, bytes] | None = None) -> None:
     import torch
 
     plain = unwrap(model)
@@ -78,6 +79,8 @@ def save_model_folder(target: Path, model, meta: dict[str, Any], train_state: di
         (folder / META_FILE).write_text(json.dumps(meta_full, indent=2) + "\n", encoding="utf-8")
         if train_state is not None:
             torch.save(train_state, folder / TRAIN_STATE_FILE)
+        for name, data in (extra_files or {}).items():
+            (folder / name).write_bytes(data)
 
     replace_folder(target, write)
 

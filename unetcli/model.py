@@ -51,36 +51,75 @@ def output_channels(num_classes: int, binary: bool) -> int:
 
 
 class SegmentationLoss(torch.nn.Module):
-    """Dice + cross-entropy (BCE for binary), from smp.losses, honouring the ignore index."""
+    """Dice + cross-entropy (BCE for binary tasks) by default; any of dice, ce, focal joined by '+'.
 
-    def __init__(self, binary: bool, ignore_index: int, kind: str = "dice+ce"):
+    Dice and focal are smp.losses'. The cross-entropy term is written out because it takes a per-pixel
+    weight map (the U-Net paper's border weights) and class weights; ignored pixels count nowhere.
+    """
+
+    def __init__(self, binary: bool, ignore_index: int, kind: str = "dice+ce", class_weights: list[float] | None = None):
         super().__init__()
         parts = kind.replace(" ", "").split("+")
         unknown = set(parts) - {"dice", "ce", "focal"}
-        if unknown:
+        if unknown or not parts:
             raise UsageError(f"--loss {kind!r}: unknown part(s) {', '.join(sorted(unknown))}; combine dice, ce, focal with +")
         mode = smp.losses.BINARY_MODE if binary else smp.losses.MULTICLASS_MODE
-        self.binary = binary
-        self.terms = torch.nn.ModuleList()
-        for part in parts:
-            if part == "dice":
-                self.terms.append(smp.losses.DiceLoss(mode, from_logits=True, ignore_index=ignore_index))
-            elif part == "focal":
-                self.terms.append(smp.losses.FocalLoss(mode, ignore_index=ignore_index))
-            elif binary:
-                self.terms.append(smp.losses.SoftBCEWithLogitsLoss(ignore_index=ignore_index))
-            else:
-                self.terms.append(torch.nn.CrossEntropyLoss(ignore_index=ignore_index))
+        self.binary, self.ignore_index, self.use_ce = binary, ignore_index, "ce" in parts
+        self.smp_terms = torch.nn.ModuleList()
+        if "dice" in parts:
+            self.smp_terms.append(smp.losses.DiceLoss(mode, from_logits=True, ignore_index=ignore_index))
+        if "focal" in parts:
+            self.smp_terms.append(smp.losses.FocalLoss(mode, ignore_index=ignore_index))
+        self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32) if class_weights else None)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        total = 0.0
-        for term in self.terms:
-            if self.binary:
-                total = total + term(logits, target.unsqueeze(1).float() if isinstance(term, smp.losses.SoftBCEWithLogitsLoss) else target.unsqueeze(1))
-            else:
-                total = total + term(logits, target.long())
+    def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor, pixel_weights: torch.Tensor | None) -> torch.Tensor:
+        valid = target != self.ignore_index
+        safe_target = torch.where(valid, target, torch.zeros_like(target))
+        if self.binary:
+            per_pixel = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits[:, 0], safe_target.float(), reduction="none")
+            if self.class_weights is not None:
+                per_pixel = per_pixel * self.class_weights[safe_target]
+        else:
+            per_pixel = torch.nn.functional.cross_entropy(logits, safe_target, weight=self.class_weights, reduction="none")
+        if pixel_weights is not None:
+            per_pixel = per_pixel * pixel_weights
+        return (per_pixel * valid).sum() / valid.sum().clamp(min=1)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
+        logits, target = logits.float(), target.long()
+        total = self.cross_entropy(logits, target, pixel_weights) if self.use_ce else logits.new_zeros(())
+        smp_target = target.unsqueeze(1) if self.binary else target
+        for term in self.smp_terms:
+            total = total + term(logits, smp_target)
         return total
+
+
+def consistency_loss(model, x: torch.Tensor, logits: torch.Tensor, binary: bool) -> torch.Tensor:
+    """Invariance regulariser: the prediction for a flipped/rotated input should be the flipped/rotated
+    prediction. One exactly invertible transform (a flip or a 90-degree rotation) is drawn per batch."""
+    k = int(torch.randint(0, 5, ()).item())
+    transforms = [
+        (lambda t: t.flip(3), lambda t: t.flip(3)),
+        (lambda t: t.flip(2), lambda t: t.flip(2)),
+        (lambda t: t.rot90(1, (2, 3)), lambda t: t.rot90(-1, (2, 3))),
+        (lambda t: t.rot90(2, (2, 3)), lambda t: t.rot90(-2, (2, 3))),
+        (lambda t: t.rot90(3, (2, 3)), lambda t: t.rot90(-3, (2, 3))),
+    ]
+    forward, inverse = transforms[k]
+    other = inverse(model(forward(x))).float()
+    squash = torch.sigmoid if binary else (lambda t: t.softmax(1))
+    return torch.nn.functional.mse_loss(squash(other), squash(logits.float()).detach())
+
+
+def auto_class_weights(class_pixels: list[int]) -> list[float]:
+    """Inverse square-root frequency, scaled to mean 1 (classes with no pixels get weight 1)."""
+    import math
+
+    raw = [1 / math.sqrt(c) if c else 0.0 for c in class_pixels]
+    present = [r for r in raw if r]
+    mean = sum(present) / len(present)
+    return [r / mean if r else 1.0 for r in raw]
 
 
 def class_ids(logits: torch.Tensor, binary: bool, threshold: float = 0.5) -> torch.Tensor:

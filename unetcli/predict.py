@@ -275,7 +275,7 @@ def _check_collisions(paths: list[Path], options: PredictOptions) -> None:
     for path in paths:
         for target in output_paths(path, options).values():
             if target.resolve() in inputs:
-                raise UsageError(f"{target}: the output would overwrite an input image; choose another -o folder")
+                raise OutputError(f"{target}: the output would overwrite an input image; choose another -o folder")
 
 
 def overlay(image: np.ndarray, colour: np.ndarray, ids: np.ndarray, alpha: float) -> np.ndarray:

@@ -24,8 +24,10 @@ import numpy as np
 from .data import Pair, find_pairs, require_clean, resolve_layout, scan_dataset, split_pairs
 from .checkpoint import TRAIN_STATE_FILE
 from .errors import OutputError, UnetcliError, UsageError
-from .images import to_unit_range, write_bytes_atomic
+from .images import encode_png, to_unit_range, write_bytes_atomic, write_png
+from .report import example_grid, training_curves
 from .masks import IGNORE_ID, ClassMap
+from .weightmap import border_weight_map
 from .metrics import confusion_matrix, counts_from_confusion, nanmean, scores_from_counts
 
 
@@ -48,6 +50,12 @@ class TrainOptions:
     crop: int = 256
     lr: float = 1e-3
     loss: str = "dice+ce"
+    class_weights: str = "none"  # none | auto (inverse sqrt frequency) | comma list, one per class
+    border_weight: bool = False  # the U-Net paper's weight map on the cross-entropy term
+    border_w0: float = 10.0
+    border_sigma: float = 5.0
+    consistency: float = 0.0  # weight of the flip/rotation invariance regulariser; 0 = off
+    foreground_crops: float = 0.3  # share of crops that contain foreground
     augment: str = "default"
     samples_per_epoch: int = 256  # random crops per epoch (at least one per image)
     patience: int | None = None  # stop after this many epochs without improvement
@@ -153,10 +161,12 @@ def _learning_rate(base: float, progress: float, warmup: float = 0.03) -> float:
 
 
 class _CropDataset:
-    """Random training crops: the train pipeline applied to cached, [0, 1]-scaled images."""
+    """Random training crops: the train pipeline applied to cached, [0, 1]-scaled images (and, with
+    border weights, to each mask's precomputed weight map)."""
 
-    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], pipeline, length: int):
-        self.images, self.masks, self.pipeline, self.length = images, masks, pipeline, length
+    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], weights: list[np.ndarray] | None,
+                 pipeline, length: int):
+        self.images, self.masks, self.weights, self.pipeline, self.length = images, masks, weights, pipeline, length
 
     def __len__(self) -> int:
         return self.length
@@ -165,9 +175,29 @@ class _CropDataset:
         import torch
 
         i = index % len(self.images)
-        out = self.pipeline(image=self.images[i], mask=self.masks[i])
+        extra = {"weight": self.weights[i]} if self.weights is not None else {}
+        out = self.pipeline(image=self.images[i], mask=self.masks[i], **extra)
         image = out["image"] if out["image"].ndim == 3 else out["image"][:, :, None]
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(out["mask"]).long()
+        weight = torch.from_numpy(np.ascontiguousarray(out["weight"])) if self.weights is not None else torch.ones(())
+        return (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(out["mask"]).long(),
+                weight)
+
+
+def parse_class_weights(text: str, class_pixels: list[int]) -> list[float] | None:
+    from .model import auto_class_weights
+
+    if text in ("none", "", None):
+        return None
+    if text == "auto":
+        return auto_class_weights(class_pixels)
+    try:
+        weights = [float(v) for v in text.split(",")]
+    except ValueError:
+        weights = []
+    if len(weights) != len(class_pixels) or any(w < 0 for w in weights):
+        raise UsageError(f"--class-weights {text!r}: use none, auto, or {len(class_pixels)} non-negative numbers "
+                         "separated by commas (one per class)")
+    return weights
 
 
 def _prepare_run_folder(options: TrainOptions) -> None:
@@ -190,19 +220,47 @@ def _write_history(path: Path, rows: list[dict]) -> None:
     write_bytes_atomic(path, buffer.getvalue().encode())
 
 
-def validate(predictor, samples, loss_fn, num_classes: int) -> tuple[float, np.ndarray]:
-    """Mean loss over validation images and their summed confusion matrix, predicted whole as in predict."""
+def _train_step(model, batch, loss_fn, optimizer, scaler, precision, device, options: TrainOptions,
+                binary: bool) -> float:
+    """One optimisation step on one batch; returns the loss."""
+    import torch
+
+    from .model import consistency_loss
+
+    x, y, weight = (t.to(device, non_blocking=True) for t in batch)
+    if precision.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with precision.autocast(device):
+        logits = model(x)
+        extra = options.consistency * consistency_loss(model, x, logits, binary) if options.consistency else 0.0
+    loss = loss_fn(logits, y, weight if options.border_weight else None) + extra
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.detach())
+
+
+EXAMPLES = 4  # validation images shown in model-best/val_examples.png
+
+
+def validate(predictor, samples, loss_fn, num_classes: int) -> tuple[float, np.ndarray, list]:
+    """Mean loss over validation images, their summed confusion matrix, and (image, truth, prediction) for
+    the first few. Images are predicted whole, as `predict` does for images that fit a tile."""
     import torch
 
     matrix = np.zeros((num_classes, num_classes), np.int64)
-    losses = []
+    losses, examples = [], []
     for sample in samples:
         height, width = sample.image.shape[:2]
         logits = predictor.logits(predictor.preprocess(sample.image)[None], height, width)
         target = torch.from_numpy(sample.mask.astype(np.int64))[None]
         losses.append(float(loss_fn(logits, target)))
-        matrix += confusion_matrix(predictor.ids_from_logits(logits)[0], sample.mask, num_classes)
-    return float(np.mean(losses)), matrix
+        pred = predictor.ids_from_logits(logits)[0]
+        matrix += confusion_matrix(pred, sample.mask, num_classes)
+        if len(examples) < EXAMPLES:
+            examples.append((sample.image, sample.mask, pred))
+    return float(np.mean(losses)), matrix, examples
 
 
 def train(options: TrainOptions) -> Iterator:
@@ -238,7 +296,7 @@ def train(options: TrainOptions) -> Iterator:
     random.seed(options.seed)
     np.random.seed(options.seed)
     torch.manual_seed(options.seed)
-    pipeline_config = PipelineConfig(scan.mean, scan.std, options.crop, options.augment)
+    pipeline_config = PipelineConfig(scan.mean, scan.std, options.crop, options.augment, options.foreground_crops)
     train_pipeline, eval_pipeline = build_train(pipeline_config), build_eval(pipeline_config)
     train_pipeline.set_random_seed(options.seed)
 
@@ -246,13 +304,16 @@ def train(options: TrainOptions) -> Iterator:
                         options.encoder_weights)
     predictor = Predictor(model, class_map, eval_pipeline, scan.in_channels, device, precision)
     model = predictor.model  # moved to the device, in the right memory format
-    loss_fn = SegmentationLoss(class_map.is_binary, IGNORE_ID, options.loss)
+    class_weights = parse_class_weights(options.class_weights, scan.class_pixels)
+    loss_fn = SegmentationLoss(class_map.is_binary, IGNORE_ID, options.loss, class_weights).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
 
-    samples = [(to_unit_range(s.image), s.mask) for s in scan.samples]
-    length = max(options.samples_per_epoch, len(samples))
-    dataset = _CropDataset([s[0] for s in samples], [s[1] for s in samples], train_pipeline, length)
+    length = max(options.samples_per_epoch, len(scan.samples))
+    weight_maps = ([border_weight_map(s.mask, options.border_w0, options.border_sigma) for s in scan.samples]
+                   if options.border_weight else None)
+    dataset = _CropDataset([to_unit_range(s.image) for s in scan.samples], [s.mask for s in scan.samples],
+                           weight_maps, train_pipeline, length)
     workers = options.workers if options.workers is not None else (4 if device.type == "cuda" else 0)
     generator = torch.Generator().manual_seed(options.seed)
     loader = torch.utils.data.DataLoader(
@@ -309,7 +370,7 @@ def train(options: TrainOptions) -> Iterator:
             # per-epoch seeds: an epoch draws the same crops and augmentations whether or not the run was resumed
             generator.manual_seed(options.seed * 100003 + epoch)
             train_pipeline.set_random_seed(options.seed * 100003 + epoch)
-            for step, (x, y) in enumerate(loader, 1):
+            for step, batch in enumerate(loader, 1):
                 if stop.requested:
                     save_last(epoch - 1, history[-1] if history else {})
                     raise TrainingInterrupted(
@@ -321,29 +382,19 @@ def train(options: TrainOptions) -> Iterator:
                 lr = _learning_rate(options.lr, progress)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                x = x.to(device, non_blocking=True)
-                y = y.to(device, non_blocking=True)
-                if precision.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with precision.autocast(device):
-                    logits = model(x)
-                loss = loss_fn(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                running.append(_train_step(model, batch, loss_fn, optimizer, scaler, precision, device, options,
+                                           class_map.is_binary))
                 step_count += 1
-                running.append(float(loss.detach()))
                 yield BatchDone(epoch, step, steps_per_epoch, running[-1])
             train_loss = float(np.mean(running))
 
             if val_scan is not None:
-                val_loss, matrix = validate(predictor, val_scan.samples, loss_fn, class_map.num_classes)
+                val_loss, matrix, examples = validate(predictor, val_scan.samples, loss_fn, class_map.num_classes)
                 scores = scores_from_counts(counts_from_confusion(matrix))
                 dice, iou = [float(v) for v in scores["dice"]], [float(v) for v in scores["iou"]]
                 score = nanmean(dice)
             else:
-                val_loss, dice, iou, score = None, [], [], -train_loss
+                val_loss, dice, iou, score, examples = None, [], [], -train_loss, []
             is_best = score > best_score + options.min_delta
             seconds = time.monotonic() - epoch_start
             row = {"epoch": epoch, "train_loss": round(train_loss, 6),
@@ -355,11 +406,15 @@ def train(options: TrainOptions) -> Iterator:
             metrics = {k: v for k, v in row.items() if k not in ("lr", "seconds")}
             if is_best:
                 best_score, best_epoch, stale, best_metrics = score, epoch, 0, metrics
-                save_model_folder(run_dir / "model-best", model, {**meta_base, "epoch": epoch, "metrics": metrics})
+                colours = class_map.colourise(np.arange(class_map.num_classes, dtype=np.uint8))
+                grid = {"val_examples.png": encode_png(example_grid(examples, colours))} if examples else {}
+                save_model_folder(run_dir / "model-best", model, {**meta_base, "epoch": epoch, "metrics": metrics},
+                                  extra_files=grid)
             else:
                 stale += 1
             save_last(epoch, metrics)
             _write_history(run_dir / "history.csv", history)
+            write_png(run_dir / "curves.png", training_curves(history))
             yield EpochDone(epoch, options.epochs, train_loss, val_loss, dice, iou, score, is_best, lr, seconds)
             if stop.requested:
                 raise TrainingInterrupted(f"interrupted ({stop.requested}) after epoch {epoch}; model-last/ is saved. "

@@ -30,6 +30,7 @@ class PipelineConfig:
     std: tuple[float, ...]  # per-channel standard deviation, in [0, 1] units
     crop: int = 256  # training crop side in pixels
     augment: str = "default"  # a preset name or a path to an Albumentations JSON/YAML file
+    foreground_crops: float = 0.3  # share of crops that contain foreground (sparse classes get seen)
 
 
 def _augmentations(augment: str) -> list:
@@ -74,15 +75,27 @@ def _augmentations(augment: str) -> list:
     return [loaded]
 
 
+def _crop(config: PipelineConfig):
+    random_crop = A.RandomCrop(height=config.crop, width=config.crop, p=1 - config.foreground_crops)
+    if config.foreground_crops <= 0:
+        return random_crop
+    # class id 0 is background and IGNORE_ID (255) unlabelled: a foreground crop contains some other class
+    foreground_crop = A.CropNonEmptyMaskIfExists(height=config.crop, width=config.crop, ignore_values=[0, 255],
+                                                 p=config.foreground_crops)
+    return A.OneOf([random_crop, foreground_crop], p=1)
+
+
 def build_train(config: PipelineConfig) -> A.Compose:
-    """Pad small images, take a random crop, augment it, normalise. Masks follow with nearest interpolation."""
+    """Pad small images, crop (a share of crops around foreground), augment, normalise. Masks and the
+    optional per-pixel loss weight map ('weight') follow every spatial step with nearest interpolation."""
     return A.Compose(
         [
             A.PadIfNeeded(min_height=config.crop, min_width=config.crop, border_mode=REFLECT),
-            A.RandomCrop(height=config.crop, width=config.crop),
+            _crop(config),
             *_augmentations(config.augment),
             A.Normalize(mean=config.mean, std=config.std, max_pixel_value=1.0),
-        ]
+        ],
+        additional_targets={"weight": "mask"},
     )
 
 
