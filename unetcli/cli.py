@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
-import sys
 import traceback
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -98,6 +98,11 @@ def _fmt(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
+def _main_rank() -> bool:
+    """Under torchrun only rank 0 reports."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _interactive(quiet: bool) -> bool:
     return not quiet and err_console.is_terminal
 
@@ -145,6 +150,8 @@ def render_training(events, quiet: bool = False, as_json: bool = False):
     progress = None
     task = None
     done = None
+    if not _main_rank():
+        quiet, as_json = True, False
     try:
         for event in events:
             if isinstance(event, DataReady):
@@ -232,7 +239,8 @@ def train(
             encoder_weights=encoder_weights, classes=parse_classes(classes), mask_mode=mask_mode,
             ignore_index=ignore_index, class_map_file=class_map, epochs=epochs, batch_size=batch_size, crop=crop,
             lr=lr, loss=loss, class_weights=class_weights, border_weight=border_weight, border_w0=border_w0,
-            border_sigma=border_sigma, consistency=consistency, foreground_crops=foreground_crops, augment=augment, samples_per_epoch=samples_per_epoch, patience=patience,
+            border_sigma=border_sigma, consistency=consistency, foreground_crops=foreground_crops, augment=augment,
+            samples_per_epoch=samples_per_epoch, patience=patience,
             min_delta=min_delta, time_limit=parse_duration(time_limit), seed=seed, device=device,
             precision=precision, workers=workers, overwrite=overwrite,
         )
@@ -244,6 +252,8 @@ def train(
         else:
             options = TrainOptions(**given)
         done = render_training(run_training(options), quiet, as_json)
+        if not _main_rank():
+            return
         if as_json:
             print(json.dumps({"event": "done", "run": str(done.run_dir), "best_epoch": done.best_epoch,
                               "reason": done.reason, "metrics": done.metrics}))

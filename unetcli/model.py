@@ -95,21 +95,25 @@ class SegmentationLoss(torch.nn.Module):
         return total
 
 
-def consistency_loss(model, x: torch.Tensor, logits: torch.Tensor, binary: bool) -> torch.Tensor:
-    """Invariance regulariser: the prediction for a flipped/rotated input should be the flipped/rotated
-    prediction. One exactly invertible transform (a flip or a 90-degree rotation) is drawn per batch."""
-    k = int(torch.randint(0, 5, ()).item())
-    transforms = [
-        (lambda t: t.flip(3), lambda t: t.flip(3)),
-        (lambda t: t.flip(2), lambda t: t.flip(2)),
-        (lambda t: t.rot90(1, (2, 3)), lambda t: t.rot90(-1, (2, 3))),
-        (lambda t: t.rot90(2, (2, 3)), lambda t: t.rot90(-2, (2, 3))),
-        (lambda t: t.rot90(3, (2, 3)), lambda t: t.rot90(-3, (2, 3))),
-    ]
-    forward, inverse = transforms[k]
-    other = inverse(model(forward(x))).float()
+_INVERTIBLE = (
+    (lambda t: t.flip(3), lambda t: t.flip(3)),
+    (lambda t: t.flip(2), lambda t: t.flip(2)),
+    (lambda t: t.rot90(1, (2, 3)), lambda t: t.rot90(-1, (2, 3))),
+    (lambda t: t.rot90(2, (2, 3)), lambda t: t.rot90(-2, (2, 3))),
+    (lambda t: t.rot90(3, (2, 3)), lambda t: t.rot90(-3, (2, 3))),
+)
+
+
+def forward_with_consistency(model, x: torch.Tensor, binary: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits for x, and an invariance penalty: the prediction for a flipped/rotated x (one exactly invertible
+    transform drawn per batch) should be the flipped/rotated prediction. Both go through one forward pass
+    (square crops), which also keeps DistributedDataParallel to one forward per backward."""
+    forward, inverse = _INVERTIBLE[int(torch.randint(0, len(_INVERTIBLE), ()).item())]
+    both = model(torch.cat([x, forward(x)]))
+    logits, other = both[: len(x)], inverse(both[len(x):])
     squash = torch.sigmoid if binary else (lambda t: t.softmax(1))
-    return torch.nn.functional.mse_loss(squash(other), squash(logits.float()).detach())
+    penalty = torch.nn.functional.mse_loss(squash(other.float()), squash(logits.float()).detach())
+    return logits, penalty
 
 
 def auto_class_weights(class_pixels: list[int]) -> list[float]:

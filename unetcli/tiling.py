@@ -89,7 +89,7 @@ def blend(
 ) -> np.ndarray:
     """Run `forward` on batches of tiles, blend their (N, channels, tile, tile) logits with a Gaussian, and
     turn finished rows into class ids with `to_ids` ((channels, rows, W) -> (rows, W)). Returns (H, W) uint8."""
-    tile, stride, margin = grid.tile, grid.stride, grid.margin
+    tile, margin = grid.tile, grid.margin
     weight = gaussian_weight(tile)
     ids = np.zeros((grid.height, grid.width), np.uint8)
     band = np.zeros((channels, tile, grid.padded_width), np.float32)

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import io
 import math
+import os
 import random
 import signal
 import time
@@ -21,14 +22,14 @@ from typing import Iterator
 
 import numpy as np
 
-from .data import Pair, find_pairs, require_clean, resolve_layout, scan_dataset, split_pairs
 from .checkpoint import TRAIN_STATE_FILE
+from .data import DatasetScan, Pair, find_pairs, require_clean, resolve_layout, scan_dataset, split_pairs
 from .errors import OutputError, UnetcliError, UsageError
 from .images import encode_png, to_unit_range, write_bytes_atomic, write_png
-from .report import example_grid, training_curves
 from .masks import IGNORE_ID, ClassMap
-from .weightmap import border_weight_map
 from .metrics import confusion_matrix, counts_from_confusion, nanmean, scores_from_counts
+from .report import example_grid, training_curves
+from .weightmap import border_weight_map
 
 
 @dataclass(frozen=True)
@@ -200,16 +201,16 @@ def parse_class_weights(text: str, class_pixels: list[int]) -> list[float] | Non
     return weights
 
 
-def _prepare_run_folder(options: TrainOptions) -> None:
+def _check_run_folder(options: TrainOptions) -> None:
+    """A new run needs an empty (or new) folder that can be created; a resumed run reuses its folder."""
     out = Path(options.out)
     if options.resume:
         return
     if out.exists() and any(out.iterdir()) and not options.overwrite:
         raise UsageError(f"{out}: the run folder already exists and is not empty; choose another -o or pass --overwrite")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"{out}: cannot create the run folder ({err.strerror})") from None
+    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{out}: cannot create the run folder ({parent} is not writable); choose another -o")
 
 
 def _write_history(path: Path, rows: list[dict]) -> None:
@@ -225,14 +226,18 @@ def _train_step(model, batch, loss_fn, optimizer, scaler, precision, device, opt
     """One optimisation step on one batch; returns the loss."""
     import torch
 
-    from .model import consistency_loss
+    from .model import forward_with_consistency
 
     x, y, weight = (t.to(device, non_blocking=True) for t in batch)
     if precision.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    extra = 0.0
     with precision.autocast(device):
-        logits = model(x)
-        extra = options.consistency * consistency_loss(model, x, logits, binary) if options.consistency else 0.0
+        if options.consistency:
+            logits, penalty = forward_with_consistency(model, x, binary)
+            extra = options.consistency * penalty
+        else:
+            logits = model(x)
     loss = loss_fn(logits, y, weight if options.border_weight else None) + extra
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -263,20 +268,16 @@ def validate(predictor, samples, loss_fn, num_classes: int) -> tuple[float, np.n
     return float(np.mean(losses)), matrix, examples
 
 
-def train(options: TrainOptions) -> Iterator:
-    """Run training; yields DataReady, BatchDone, EpochDone and finally TrainingDone."""
-    import torch
+@dataclass
+class _Data:
+    train_pairs: list[Pair]
+    val_pairs: list[Pair]
+    scan: DatasetScan
+    val_scan: DatasetScan | None
 
-    from .checkpoint import save_model_folder
-    from .model import SegmentationLoss, build_model, output_channels, pick_device, pick_precision
-    from .predict import Predictor
-    from .transforms import PipelineConfig, build_eval, build_train, to_dict
 
-    if options.epochs < 1 or options.batch_size < 1 or options.crop < 32 or options.crop % 32:
-        raise UsageError("--epochs and --batch-size must be >= 1 and --crop a multiple of 32 (>= 32)")
-    device = pick_device(options.device)
-    precision = pick_precision(options.precision, device)
-
+def _load_data(options: TrainOptions) -> _Data:
+    """Pair, split, read and check the training (and validation) data; refuse any problem."""
     images_dir, masks_dir = resolve_layout(options.data, options.images, options.masks)
     pairs = find_pairs(images_dir, masks_dir)
     if options.val is not None:
@@ -285,59 +286,88 @@ def train(options: TrainOptions) -> Iterator:
         train_pairs, val_pairs = split_pairs(pairs, options.val_split, options.seed)
     scan = scan_dataset(train_pairs, options.mask_mode, options.ignore_index, options.class_map_file, options.classes)
     require_clean(scan, "training")
-    class_map = scan.class_map
-    val_scan = scan_dataset(val_pairs, class_map=class_map) if val_pairs else None
+    val_scan = scan_dataset(val_pairs, class_map=scan.class_map) if val_pairs else None
     if val_scan is not None:
         require_clean(val_scan, "validation")
         if val_scan.in_channels != scan.in_channels:
             raise UsageError(f"validation images have {val_scan.in_channels} channels, training images {scan.in_channels}")
-    _prepare_run_folder(options)
+    return _Data(train_pairs, val_pairs, scan, val_scan)
 
-    random.seed(options.seed)
-    np.random.seed(options.seed)
-    torch.manual_seed(options.seed)
-    pipeline_config = PipelineConfig(scan.mean, scan.std, options.crop, options.augment, options.foreground_crops)
-    train_pipeline, eval_pipeline = build_train(pipeline_config), build_eval(pipeline_config)
-    train_pipeline.set_random_seed(options.seed)
 
-    model = build_model(options.encoder, scan.in_channels, output_channels(class_map.num_classes, class_map.is_binary),
-                        options.encoder_weights)
-    predictor = Predictor(model, class_map, eval_pipeline, scan.in_channels, device, precision)
-    model = predictor.model  # moved to the device, in the right memory format
-    class_weights = parse_class_weights(options.class_weights, scan.class_pixels)
-    loss_fn = SegmentationLoss(class_map.is_binary, IGNORE_ID, options.loss, class_weights).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=1e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
+class _Distributed:
+    """torchrun support: with WORLD_SIZE > 1, one process per rank (gloo on CPU, nccl on GPU). Only rank 0
+    validates and writes files; decisions that end the loop are agreed on by all ranks."""
 
-    length = max(options.samples_per_epoch, len(scan.samples))
-    weight_maps = ([border_weight_map(s.mask, options.border_w0, options.border_sigma) for s in scan.samples]
-                   if options.border_weight else None)
-    dataset = _CropDataset([to_unit_range(s.image) for s in scan.samples], [s.mask for s in scan.samples],
-                           weight_maps, train_pipeline, length)
-    workers = options.workers if options.workers is not None else (4 if device.type == "cuda" else 0)
-    generator = torch.Generator().manual_seed(options.seed)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=options.batch_size, shuffle=True, drop_last=len(dataset) >= options.batch_size,
-        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0, generator=generator,
-        worker_init_fn=lambda worker: train_pipeline.set_random_seed(options.seed * 1000 + worker),
-    )
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * options.epochs
-    history: list[dict] = []
-    best_score, best_epoch, stale, step_count, first_epoch = -math.inf, 0, 0, 0, 1
-    best_metrics: dict = {}
-    if options.resume:
-        state = _restore(Path(options.out) / "model-last", model, optimizer, scaler, class_map)
-        history, step_count, first_epoch = state["history"], state["step"], state["epoch"] + 1
-        best_score, best_epoch, stale = state["best_score"], state["best_epoch"], state["stale"]
-        best_metrics = state.get("best_metrics", {})
-        if first_epoch > options.epochs:
-            raise UsageError(f"{options.out}: the run already finished {state['epoch']} epochs; "
-                             f"raise --epochs above {state['epoch']} to train on")
-    yield DataReady(len(train_pairs), len(val_pairs), class_map, scan.class_pixels, scan.in_channels,
-                    str(device), precision.name, steps_per_epoch)
+    def __init__(self, device):
+        import os
 
-    meta_base = {
+        import torch
+
+        self.torch = torch
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = device
+        if self.world > 1 and not torch.distributed.is_initialized():
+            if device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(self.device)
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model):
+        if self.world == 1:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return self.torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def sampler(self, dataset, seed: int):
+        if self.world == 1:
+            return None
+        return self.torch.utils.data.DistributedSampler(dataset, self.world, self.rank, shuffle=True, seed=seed)
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on some rank."""
+        if self.world == 1:
+            return flag
+        value = self.torch.tensor([int(flag)], device=self.device if self.device.type == "cuda" else "cpu")
+        self.torch.distributed.all_reduce(value, op=self.torch.distributed.ReduceOp.MAX)
+        return bool(value.item())
+
+    def mean(self, value: float) -> float:
+        """The mean of `value` over ranks."""
+        if self.world == 1:
+            return value
+        tensor = self.torch.tensor([value], dtype=self.torch.float64,
+                                   device=self.device if self.device.type == "cuda" else "cpu")
+        self.torch.distributed.all_reduce(tensor)
+        return float(tensor.item()) / self.world
+
+    def from_main(self, flag: bool) -> bool:
+        """Rank 0's value of `flag`, on every rank."""
+        if self.world == 1:
+            return flag
+        value = self.torch.tensor([int(flag)], device=self.device if self.device.type == "cuda" else "cpu")
+        self.torch.distributed.broadcast(value, src=0)
+        return bool(value.item())
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.world > 1 and self.torch.distributed.is_initialized():
+            self.torch.distributed.destroy_process_group()
+
+
+def _model_meta(options: TrainOptions, data: _Data, pipeline_config, eval_pipeline, train_pipeline) -> dict:
+    from .model import output_channels
+    from .transforms import to_dict
+
+    class_map, scan = data.scan.class_map, data.scan
+    return {
         "classes": class_map.to_dict(),
         "in_channels": scan.in_channels,
         "out_channels": output_channels(class_map.num_classes, class_map.is_binary),
@@ -346,90 +376,176 @@ def train(options: TrainOptions) -> Iterator:
         "pipeline": {"config": asdict(pipeline_config), "eval": to_dict(eval_pipeline), "train": to_dict(train_pipeline)},
         "tile": {"size": max(4 * options.crop, 1024), "overlap": 0.25},
         "training": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
-        "data": {"train_pairs": len(train_pairs), "val_pairs": len(val_pairs), "class_pixels": scan.class_pixels,
-                 "fingerprint": _fingerprint(train_pairs, scan.sizes)},
+        "data": {"train_pairs": len(data.train_pairs), "val_pairs": len(data.val_pairs),
+                 "class_pixels": scan.class_pixels, "fingerprint": _fingerprint(data.train_pairs, scan.sizes)},
     }
+
+
+@dataclass
+class _Progress:
+    """What model-last/train_state.pt keeps besides the optimiser: enough to continue exactly."""
+
+    epoch: int = 0  # last completed epoch
+    step: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    stale: int = 0  # epochs since the last improvement
+    best_metrics: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+
+
+def _epoch_row(epoch: int, train_loss: float, val_loss: float | None, lr: float, seconds: float,
+               names: list[str], dice: list[float], iou: list[float]) -> dict:
+    row = {"epoch": epoch, "train_loss": round(train_loss, 6), "val_loss": "" if val_loss is None else round(val_loss, 6),
+           "lr": f"{lr:.3g}", "seconds": round(seconds, 2)}
+    for name, d, i in zip(names, dice, iou):
+        row[f"dice_{name}"], row[f"iou_{name}"] = round(d, 6), round(i, 6)
+    return row
+
+
+def train(options: TrainOptions) -> Iterator:
+    """Run training; yields DataReady, BatchDone, EpochDone and finally TrainingDone."""
+    import torch
+
+    from .checkpoint import save_model_folder
+    from .model import SegmentationLoss, build_model, output_channels, pick_device, pick_precision
+    from .predict import Predictor
+    from .transforms import PipelineConfig, build_eval, build_train
+
+    if options.epochs < 1 or options.batch_size < 1 or options.crop < 32 or options.crop % 32:
+        raise UsageError("--epochs and --batch-size must be >= 1 and --crop a multiple of 32 (>= 32)")
+    dist = _Distributed(pick_device(options.device))
+    device = dist.device
+    precision = pick_precision(options.precision, device)
+    data = _load_data(options)
+    class_map, scan = data.scan.class_map, data.scan
+    _check_run_folder(options)
+    dist.barrier()  # every rank has checked the folder before rank 0 creates it
+
+    random.seed(options.seed)
+    np.random.seed(options.seed)
+    torch.manual_seed(options.seed)
+    pipeline_config = PipelineConfig(scan.mean, scan.std, options.crop, options.augment, options.foreground_crops)
+    train_pipeline, eval_pipeline = build_train(pipeline_config), build_eval(pipeline_config)
+    model = build_model(options.encoder, scan.in_channels, output_channels(class_map.num_classes, class_map.is_binary),
+                        options.encoder_weights)
+    predictor = Predictor(model, class_map, eval_pipeline, scan.in_channels, device, precision)
+    model = predictor.model  # moved to the device, in the right memory format
+    loss_fn = SegmentationLoss(class_map.is_binary, IGNORE_ID, options.loss,
+                               parse_class_weights(options.class_weights, scan.class_pixels)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
+    progress = _Progress()
+    if options.resume:
+        state = _restore(Path(options.out) / "model-last", model, optimizer, scaler, class_map)
+        progress = _Progress(**{k: state[k] for k in asdict(progress)})
+        if progress.epoch >= options.epochs:
+            raise UsageError(f"{options.out}: the run already finished {progress.epoch} epochs; "
+                             f"raise --epochs above {progress.epoch} to train on")
+    trained = dist.wrap(model)
+
+    weight_maps = ([border_weight_map(s.mask, options.border_w0, options.border_sigma) for s in scan.samples]
+                   if options.border_weight else None)
+    dataset = _CropDataset([to_unit_range(s.image) for s in scan.samples], [s.mask for s in scan.samples],
+                           weight_maps, train_pipeline, max(options.samples_per_epoch, len(scan.samples)))
+    sampler = dist.sampler(dataset, options.seed)
+    workers = options.workers if options.workers is not None else (4 if device.type == "cuda" else 0)
+    generator = torch.Generator()
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=options.batch_size, shuffle=sampler is None, sampler=sampler,
+        drop_last=len(dataset) >= options.batch_size * dist.world, num_workers=workers,
+        pin_memory=device.type == "cuda", persistent_workers=workers > 0, generator=generator,
+        worker_init_fn=lambda worker: train_pipeline.set_random_seed(options.seed * 1000 + worker + 100 * dist.rank),
+    )
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * options.epochs
+    yield DataReady(len(data.train_pairs), len(data.val_pairs), class_map, scan.class_pixels, scan.in_channels,
+                    str(device), precision.name, steps_per_epoch)
+
     run_dir = Path(options.out)
-    _write_run_yaml(run_dir, options)
+    meta = _model_meta(options, data, pipeline_config, eval_pipeline, train_pipeline)
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_run_yaml(run_dir, options)
     start = time.monotonic()
     reason = "completed"
     stop = _StopRequest()
 
-    def save_last(epoch_done: int, metrics: dict) -> None:
-        state = {"epoch": epoch_done, "step": step_count, "best_score": best_score, "best_epoch": best_epoch,
-                 "stale": stale, "best_metrics": best_metrics, "optimizer": optimizer.state_dict(),
-                 "scaler": scaler.state_dict(), "history": history, "torch_rng": torch.get_rng_state()}
-        save_model_folder(run_dir / "model-last", model, {**meta_base, "epoch": epoch_done, "metrics": metrics}, state)
+    def save_last(metrics: dict) -> None:
+        if dist.main:
+            state = {**asdict(progress), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                     "torch_rng": torch.get_rng_state()}
+            save_model_folder(run_dir / "model-last", model, {**meta, "epoch": progress.epoch, "metrics": metrics}, state)
 
     try:
-        for epoch in range(first_epoch, options.epochs + 1):
+        for epoch in range(progress.epoch + 1, options.epochs + 1):
             epoch_start = time.monotonic()
-            model.train()
-            running = []
-            lr = options.lr
+            trained.train()
+            running, lr = [], options.lr
             # per-epoch seeds: an epoch draws the same crops and augmentations whether or not the run was resumed
             generator.manual_seed(options.seed * 100003 + epoch)
-            train_pipeline.set_random_seed(options.seed * 100003 + epoch)
+            train_pipeline.set_random_seed(options.seed * 100003 + epoch + 7919 * dist.rank)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
             for step, batch in enumerate(loader, 1):
-                if stop.requested:
-                    save_last(epoch - 1, history[-1] if history else {})
+                if dist.any(stop.requested is not None):
+                    save_last(progress.history[-1] if progress.history else {})
                     raise TrainingInterrupted(
-                        f"interrupted ({stop.requested}) in epoch {epoch}; model-last/ holds the state after "
-                        f"{step_count} steps. Resume with: unetcli train --resume {run_dir}")
-                progress = step_count / max(total_steps, 1)
+                        f"interrupted ({stop.requested or 'by another rank'}) in epoch {epoch}; model-last/ holds the "
+                        f"state after {progress.step} steps. Resume with: unetcli train --resume {run_dir}")
+                fraction = progress.step / max(total_steps, 1)
                 if options.time_limit:
-                    progress = max(progress, (time.monotonic() - start) / options.time_limit)
-                lr = _learning_rate(options.lr, progress)
+                    fraction = max(fraction, (time.monotonic() - start) / options.time_limit)
+                lr = _learning_rate(options.lr, fraction)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                running.append(_train_step(model, batch, loss_fn, optimizer, scaler, precision, device, options,
+                running.append(_train_step(trained, batch, loss_fn, optimizer, scaler, precision, device, options,
                                            class_map.is_binary))
-                step_count += 1
+                progress.step += 1
                 yield BatchDone(epoch, step, steps_per_epoch, running[-1])
-            train_loss = float(np.mean(running))
+            train_loss = dist.mean(float(np.mean(running)))
 
-            if val_scan is not None:
-                val_loss, matrix, examples = validate(predictor, val_scan.samples, loss_fn, class_map.num_classes)
+            val_loss, dice, iou, score, examples = None, [], [], -train_loss, []
+            if data.val_scan is not None and dist.main:
+                val_loss, matrix, examples = validate(predictor, data.val_scan.samples, loss_fn, class_map.num_classes)
                 scores = scores_from_counts(counts_from_confusion(matrix))
                 dice, iou = [float(v) for v in scores["dice"]], [float(v) for v in scores["iou"]]
                 score = nanmean(dice)
-            else:
-                val_loss, dice, iou, score, examples = None, [], [], -train_loss, []
-            is_best = score > best_score + options.min_delta
             seconds = time.monotonic() - epoch_start
-            row = {"epoch": epoch, "train_loss": round(train_loss, 6),
-                   "val_loss": "" if val_loss is None else round(val_loss, 6), "lr": f"{lr:.3g}",
-                   "seconds": round(seconds, 2)}
-            for name, d, i in zip(class_map.names, dice, iou):
-                row[f"dice_{name}"], row[f"iou_{name}"] = round(d, 6), round(i, 6)
-            history.append(row)
+            row = _epoch_row(epoch, train_loss, val_loss, lr, seconds, class_map.names, dice, iou)
             metrics = {k: v for k, v in row.items() if k not in ("lr", "seconds")}
+            is_best = score > progress.best_score + options.min_delta
+            progress.epoch = epoch
+            progress.history.append(row)
             if is_best:
-                best_score, best_epoch, stale, best_metrics = score, epoch, 0, metrics
-                colours = class_map.colourise(np.arange(class_map.num_classes, dtype=np.uint8))
-                grid = {"val_examples.png": encode_png(example_grid(examples, colours))} if examples else {}
-                save_model_folder(run_dir / "model-best", model, {**meta_base, "epoch": epoch, "metrics": metrics},
-                                  extra_files=grid)
+                progress.best_score, progress.best_epoch, progress.stale, progress.best_metrics = score, epoch, 0, metrics
             else:
-                stale += 1
-            save_last(epoch, metrics)
-            _write_history(run_dir / "history.csv", history)
-            write_png(run_dir / "curves.png", training_curves(history))
+                progress.stale += 1
+            if dist.main:
+                if is_best:
+                    colours = class_map.colourise(np.arange(class_map.num_classes, dtype=np.uint8))
+                    grid = {"val_examples.png": encode_png(example_grid(examples, colours))} if examples else {}
+                    save_model_folder(run_dir / "model-best", model, {**meta, "epoch": epoch, "metrics": metrics},
+                                      extra_files=grid)
+                save_last(metrics)
+                _write_history(run_dir / "history.csv", progress.history)
+                write_png(run_dir / "curves.png", training_curves(progress.history))
             yield EpochDone(epoch, options.epochs, train_loss, val_loss, dice, iou, score, is_best, lr, seconds)
-            if stop.requested:
-                raise TrainingInterrupted(f"interrupted ({stop.requested}) after epoch {epoch}; model-last/ is saved. "
-                                          f"Resume with: unetcli train --resume {run_dir}")
-
+            if dist.any(stop.requested is not None):
+                raise TrainingInterrupted(f"interrupted ({stop.requested or 'by another rank'}) after epoch {epoch}; "
+                                          f"model-last/ is saved. Resume with: unetcli train --resume {run_dir}")
             elapsed = time.monotonic() - start
-            if options.patience is not None and stale >= options.patience:
+            if dist.from_main(options.patience is not None and progress.stale >= options.patience):
                 reason = "early stop"
                 break
-            if options.time_limit and elapsed + elapsed / epoch > options.time_limit:
+            if dist.from_main(bool(options.time_limit) and elapsed + elapsed / epoch > (options.time_limit or 0)):
                 reason = "time limit"
                 break
+        dist.barrier()
     finally:
         stop.restore()
-    yield TrainingDone(run_dir, best_epoch, best_score, reason, best_metrics)
+        dist.close()
+    yield TrainingDone(run_dir, progress.best_epoch, progress.best_score, reason, progress.best_metrics)
 
 
 class _StopRequest:
