@@ -323,8 +323,12 @@ def predict(
         from .predict import PredictOptions, Predictor, parse_shard, predict_files, resolve_inputs
 
         paths = resolve_inputs(inputs)
+        share = parse_shard(shard)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if shard is None and world > 1:  # under torchrun each rank takes its share
+            share = (int(os.environ.get("RANK", "0")) + 1, world)
         options = PredictOptions(out_dir=out, save=tuple(s.strip() for s in save.split(",") if s.strip()),
-                                 batch_size=max(1, batch_size), skip_existing=skip_existing, shard=parse_shard(shard))
+                                 batch_size=max(1, batch_size), skip_existing=skip_existing, shard=share)
         predictor = Predictor.from_folder(resolve_model_dir(model), device, precision, tile, overlap, tta, threshold,
                                           options.batch_size)
         return render_predictions(predict_files(predictor, paths, options), as_json, quiet, len(paths))

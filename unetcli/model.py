@@ -134,9 +134,10 @@ def class_ids(logits: torch.Tensor, binary: bool, threshold: float = 0.5) -> tor
 
 
 def pick_device(requested: str = "auto") -> torch.device:
+    """auto: the GPU of this torchrun rank (LOCAL_RANK) or the first GPU, else Apple MPS, else the CPU."""
     if requested == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
