@@ -13,6 +13,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -47,8 +48,14 @@ def main_options(
     _state["debug"] = debug
 
 
+def _say(kind: str, message: str) -> None:
+    """One line on stderr: 'error: ...', 'warning: ...' or 'problem: ...'. Messages may hold [brackets]."""
+    style = {"error": "bold red", "problem": "bold red", "warning": "yellow"}[kind]
+    err_console.print(f"[{style}]{kind}:[/] {escape(message)}", soft_wrap=True)
+
+
 def _fail(message: str, code: int) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    _say("error", message)
     raise typer.Exit(code)
 
 
@@ -279,13 +286,13 @@ def render_predictions(results, as_json: bool, quiet: bool, total: int) -> int:
         for result in results:
             if result.status == "error":
                 failed += 1
-                err_console.print(f"[bold red]error:[/] {result.error}", soft_wrap=True)
+                _say("error", result.error)
             elif result.status == "skipped":
                 skipped += 1
             else:
                 ok += 1
                 if result.warning and not quiet:
-                    err_console.print(f"[yellow]warning:[/] {result.warning}", soft_wrap=True)
+                    _say("warning", result.warning)
             if as_json:
                 print(result.to_json(), flush=True)
             if progress:
@@ -444,7 +451,7 @@ def check(
             if scan.class_map:
                 out_console.print(class_table(scan.class_map, scan.class_pixels))
             for problem in scan.problems:
-                err_console.print(f"[bold red]problem:[/] {problem}", soft_wrap=True)
+                _say("problem", problem)
             if not scan.problems:
                 out_console.print("no problems found")
         return 3 if scan.problems else 0
@@ -485,6 +492,39 @@ def info(
         if metrics:
             out_console.print("metrics at save: " + ", ".join(f"{k} {v}" for k, v in metrics.items() if v != ""))
         out_console.print("versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()))
+
+    run_guarded(action)
+
+
+# ----------------------------------------------------------------------------------------------- export
+
+
+@app.command(epilog="Example: unetcli export runs/cells/model-best --format onnx -o deploy/cells.onnx")
+def export(
+    model: Annotated[Path, typer.Argument(help="Model folder (or a run folder: its model-best/ is used).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="File to write (FILE.json with preprocessing and classes goes next to it).")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx | torchscript | auto (from the file name: .onnx, .pt).")] = "auto",
+    tolerance: Annotated[float, typer.Option("--tolerance", help="Largest accepted |logit difference| from PyTorch in the check.")] = 1e-3,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a model to ONNX or TorchScript (fp32), checked numerically against PyTorch."""
+
+    def action():
+        import contextlib
+
+        from .checkpoint import resolve_model_dir
+        from .export import export_model
+
+        busy = err_console.status(f"exporting to {escape(str(out))} ...") if _interactive(as_json) else contextlib.nullcontext()
+        with busy:
+            result = export_model(resolve_model_dir(model), out, fmt, tolerance)
+        if as_json:
+            print(json.dumps(result.to_dict()))
+            return
+        opset = f", opset {result.opset}" if result.opset else ""
+        out_console.print(f"{result.format}{opset}: {result.file}\nsidecar: {result.sidecar}\n"
+                          f"max abs difference from PyTorch: {result.max_abs_diff:.2e} (limit {result.tolerance:g}, "
+                          f"input {'x'.join(map(str, result.check_input))})", markup=False)
 
     run_guarded(action)
 

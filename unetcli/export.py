@@ -1,0 +1,305 @@
+"""Export a model folder to ONNX or TorchScript, with a sidecar JSON and a numeric check against PyTorch.
+
+The network is exported in fp32 eval mode on the CPU. The sidecar (`FILE.json`) says everything a
+deployment needs to feed the exported network exactly as `unetcli predict` does: channels and their order,
+scaling to [0, 1], mean/std normalisation, padding to the stride and cropping back, the class table, the
+binary threshold and the tile defaults. Before anything is renamed into place, the exported file is loaded
+back (onnxruntime for ONNX, torch.jit.load for TorchScript) and its logits are compared with PyTorch's on a
+random image of a size that is not a multiple of 32, padded by the model's own eval pipeline; a batch of
+two proves the dynamic batch axis.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import OutputError, UnetcliError, UsageError
+
+FORMATS = ("onnx", "torchscript")
+SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript",
+            ".torchscript": "torchscript"}
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # exporter (dynamo: onnx + onnxscript) and checker
+SIDECAR_FORMAT = "unetcli-export"
+SIDECAR_VERSION = 1
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+TRACE_SIZE = 256  # side of the dummy input the network is traced/exported with
+CHECK_SHAPE = (2, 75, 150)  # batch, height, width of the check images (padded to 96 x 160 by the pipeline)
+TOLERANCE = 1e-3  # largest accepted absolute difference of logits between the export and PyTorch
+STRIDE = 32
+
+
+class ExportCheckError(UnetcliError):
+    """The exported network does not compute what the PyTorch model computes."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    format: str  # onnx | torchscript
+    file: Path  # the exported network
+    sidecar: Path  # FILE.json: preprocessing, classes, threshold, tiles, provenance
+    model: Path  # the model folder it came from
+    max_abs_diff: float  # largest |logit difference| between the export and PyTorch on the check input
+    tolerance: float  # the check's limit for max_abs_diff
+    check_input: tuple[int, ...]  # N, C, H, W of the (padded) check input
+    opset: int | None = None  # ONNX opset; None for TorchScript
+
+    def to_dict(self) -> dict:
+        return {"format": self.format, "file": str(self.file), "sidecar": str(self.sidecar),
+                "model": str(self.model), "max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance,
+                "check_input": list(self.check_input), "opset": self.opset}
+
+
+def pick_format(fmt: str, file: Path) -> str:
+    """'onnx' | 'torchscript' | 'auto' (from FILE's suffix); refuses a suffix that names the other format."""
+    suffix_format = SUFFIXES.get(Path(file).suffix.lower())
+    if fmt == "auto":
+        if suffix_format is None:
+            raise UsageError(f"{file}: cannot tell the format from the file name; give --format onnx or "
+                             "--format torchscript (or name the file .onnx / .pt)")
+        return suffix_format
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if suffix_format is not None and suffix_format != fmt:
+        raise UsageError(f"--format {fmt} but {file} is named like a {suffix_format} file; "
+                         f"use --format {suffix_format} or rename the output")
+    return fmt
+
+
+def require_onnx_packages() -> dict[str, str]:
+    """The ONNX packages' versions, or one clear error naming the extra to install."""
+    import torch
+
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    if (major, minor) < (2, 6):
+        raise UnetcliError(f"ONNX export uses torch's dynamo exporter, which needs torch 2.6 or newer (found "
+                           f"{torch.__version__}); upgrade torch, or use --format torchscript")
+    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UnetcliError(f"ONNX export needs the package(s) {', '.join(missing)}; install them with: "
+                           "pip install 'unetcli[onnx]'")
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ONNX_PACKAGES}
+
+
+def _check_target(file: Path, model_dir: Path) -> None:
+    from .checkpoint import REQUIRED_FILES
+
+    if file.is_dir():
+        raise OutputError(f"{file}: is a folder; -o names the file to write, e.g. {file / 'model.onnx'}")
+    if file.name in REQUIRED_FILES and file.parent.resolve() == model_dir.resolve():
+        raise OutputError(f"{file}: would overwrite a file of the model folder; choose another name")
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{file.parent}: cannot create the output folder ({err.strerror or err})") from None
+
+
+def check_batch(meta: dict, shape: tuple[int, int, int] = CHECK_SHAPE, seed: int = 0) -> np.ndarray:
+    """Random [0, 1] images of an odd size through the model's stored eval pipeline -> (N, C, H', W') float32."""
+    from .transforms import from_dict
+
+    pipeline = from_dict(meta["pipeline"]["eval"])
+    rng = np.random.default_rng(seed)
+    batch, height, width = shape
+    channels = int(meta["in_channels"])
+    images = []
+    for _ in range(batch):
+        out = pipeline(image=rng.random((height, width, channels), dtype=np.float32))["image"]
+        if out.ndim == 2:
+            out = out[:, :, None]
+        images.append(out.transpose(2, 0, 1))
+    return np.ascontiguousarray(np.stack(images), dtype=np.float32)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:300] if text else ''}"
+
+
+def _export_onnx(model, dummy, tmp: Path) -> int:
+    import torch
+
+    dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, (dummy,), None, dynamo=True, verbose=False, external_data=False,
+                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                        dynamic_shapes={"x": dims})
+            program.save(str(tmp))
+    except OSError:
+        raise
+    except Exception as err:  # torch.export / onnxscript raise many kinds
+        raise UnetcliError(f"ONNX export failed ({_first_line(err)}); try --format torchscript, or rerun with "
+                           "--debug and report the traceback") from err
+    opsets = {entry.domain: entry.version for entry in program.model_proto.opset_import}
+    return int(opsets.get("", opsets.get("ai.onnx", 0)))
+
+
+def _run_onnx(tmp: Path, batch: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: no provider chatter on stderr
+    try:
+        session = ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
+        out = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+    except Exception as err:  # onnxruntime's own exception types
+        raise ExportCheckError(f"onnxruntime cannot run the exported network ({_first_line(err)}); nothing was "
+                               "written. Try --format torchscript, or rerun with --debug and report it") from err
+    del session  # release the file before it is renamed (Windows)
+    return out
+
+
+def _export_torchscript(model, dummy, tmp: Path) -> None:
+    import torch
+
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # TracerWarning and torch.jit's deprecation notice
+            traced = torch.jit.trace(model, dummy, check_trace=False)  # our own check follows
+            torch.jit.save(traced, str(tmp))
+    except OSError:
+        raise
+    except Exception as err:
+        raise UnetcliError(f"TorchScript export failed ({_first_line(err)}); try --format onnx, or rerun with "
+                           "--debug and report the traceback") from err
+
+
+def _run_torchscript(tmp: Path, batch: np.ndarray) -> np.ndarray:
+    import torch
+
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(str(tmp), map_location="cpu")
+            return module(torch.from_numpy(batch)).numpy()
+    except Exception as err:
+        raise ExportCheckError(f"the exported TorchScript network cannot be loaded and run ({_first_line(err)}); "
+                               "nothing was written. Try --format onnx, or rerun with --debug and report it") from err
+
+
+def describe(loaded, fmt: str, file: Path, check: dict, versions: dict) -> dict:
+    """The sidecar: how to feed the exported network and read its output, as `unetcli predict` does."""
+    meta = loaded.meta
+    config = meta["pipeline"]["config"]
+    channels = loaded.in_channels
+    binary = loaded.binary
+    threshold = loaded.threshold
+    order = {1: "gray", 3: "RGB", 4: "RGBA"}.get(channels, "as stored")
+    output = {
+        "name": OUTPUT_NAME,
+        "layout": "NCHW",
+        "dtype": "float32",
+        "channels": 1 if binary else loaded.class_map.num_classes,
+        "activation": "sigmoid" if binary else "softmax",
+        "class_ids": ("foreground (class 1) where sigmoid(logit) > threshold, i.e. logit > logit_threshold; "
+                      "else background (class 0)") if binary else "argmax over the channels",
+        "mask_values": "class id i is written as classes.classes[i].value (the training masks' own values)",
+    }
+    if binary:
+        output["logit_threshold"] = math.log(threshold / (1 - threshold))
+    return {
+        "format": SIDECAR_FORMAT,
+        "format_version": SIDECAR_VERSION,
+        "export_format": fmt,
+        "file": file.name,
+        "input": {
+            "name": INPUT_NAME,
+            "layout": "NCHW",
+            "dtype": "float32",
+            "channels": channels,
+            "channel_order": order,
+            "dynamic_axes": {"0": "batch", "2": "height", "3": "width"},
+            "steps": [
+                "decode the image in RGB(A) order (not OpenCV's BGR)",
+                "scale to [0, 1] by the pixel type's range: uint8 / 255, uint16 / 65535; float images as they are",
+                "normalise per channel: (x - mean) / std",
+                (f"pad bottom and right to a multiple of {STRIDE} by reflection without repeating the edge "
+                 "(OpenCV BORDER_REFLECT_101, numpy mode 'reflect')"),
+                "run the network, then crop the logits back to the image's height and width ([..., :h, :w])",
+            ],
+            "scale": {"uint8": 255, "uint16": 65535, "float32": 1},
+            "mean": list(config["mean"]),
+            "std": list(config["std"]),
+            "pad": {"multiple": STRIDE, "mode": "reflect", "opencv_border": "BORDER_REFLECT_101",
+                    "sides": ["bottom", "right"], "crop_back": True},
+        },
+        "output": output,
+        "binary": binary,
+        "threshold": threshold,
+        "classes": meta["classes"],
+        "tile": meta.get("tile", {}),
+        "pipeline": {"config": config, "eval": meta["pipeline"]["eval"]},
+        "check": check,
+        "source": {"model": str(loaded.path.resolve()), "epoch": meta.get("epoch"),
+                   "metrics": meta.get("metrics", {}), "versions": meta.get("versions", {})},
+        "versions": versions,
+    }
+
+
+def export_model(model_dir: Path, file: Path, fmt: str = "auto", tolerance: float = TOLERANCE) -> ExportResult:
+    """Export the model folder to FILE (ONNX or TorchScript) and FILE.json; check the logits against PyTorch.
+
+    Nothing is renamed into place unless the check passes (max |difference| <= tolerance)."""
+    import torch
+
+    from .checkpoint import load_model_folder
+    from .images import write_bytes_atomic
+
+    file = Path(file)
+    fmt = pick_format(fmt, file)
+    if not tolerance > 0:
+        raise UsageError(f"--tolerance {tolerance}: use a positive number (default {TOLERANCE})")
+    versions = {"unetcli": __version__, "torch": torch.__version__}
+    if fmt == "onnx":
+        versions.update(require_onnx_packages())
+    loaded = load_model_folder(model_dir)
+    _check_target(file, loaded.path)
+
+    model = loaded.model.float().eval().cpu()
+    dummy = torch.randn(1, loaded.in_channels, TRACE_SIZE, TRACE_SIZE)
+    batch = check_batch(loaded.meta)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(batch)).numpy()
+
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    try:
+        if fmt == "onnx":
+            opset = _export_onnx(model, dummy, tmp)
+            exported = _run_onnx(tmp, batch)
+        else:
+            opset = None
+            _export_torchscript(model, dummy, tmp)
+            exported = _run_torchscript(tmp, batch)
+        if exported.shape != reference.shape:
+            raise ExportCheckError(f"the exported {fmt} network returns logits of shape {list(exported.shape)} "
+                                   f"where PyTorch gives {list(reference.shape)}; nothing was written")
+        diff = float(np.abs(exported.astype(np.float32) - reference).max())
+        if not diff <= tolerance:  # also catches NaN
+            raise ExportCheckError(f"the exported {fmt} network differs from PyTorch by up to {diff:.3g} in the "
+                                   f"logits (limit {tolerance:g}); nothing was written. Rerun with --debug and "
+                                   "report it")
+        check = {"input_shape": list(batch.shape), "max_abs_diff": diff, "tolerance": tolerance,
+                 "runtime": "onnxruntime (CPU)" if fmt == "onnx" else "torch.jit.load (CPU)"}
+        sidecar = file.with_name(file.name + ".json")
+        text = json.dumps(describe(loaded, fmt, file, check, versions), indent=2) + "\n"
+        os.replace(tmp, file)
+    except OSError as err:
+        raise OutputError(f"{file}: cannot write ({err.strerror or err}); check free space and permissions") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_bytes_atomic(sidecar, text.encode("utf-8"))
+    return ExportResult(fmt, file, sidecar, loaded.path, diff, tolerance, tuple(batch.shape), opset)
