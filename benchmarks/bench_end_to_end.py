@@ -95,12 +95,38 @@ def machine_facts() -> dict:
     }
 
 
-def model_values(model_dir: Path) -> dict[str, object]:
-    """Class name -> mask value of a model folder (from `unetcli info --json`)."""
+def model_info(model_dir: Path) -> dict:
+    """A model folder's metadata (from `unetcli info --json`)."""
     result, _ = run_cli(["info", model_dir, "--json"])
     check(result, "unetcli info")
-    meta = json.loads(result.stdout)
-    return {c["name"]: c["value"] for c in meta["classes"]["classes"]} if "classes" in meta["classes"] else {}
+    return json.loads(result.stdout)
+
+
+def independent_dice(model_dir: Path, test_dir: Path, pred_dir: Path) -> dict:
+    """Cross-check of `evaluate`: `unetcli predict` the test images, then score the written masks with numpy."""
+    import cv2
+    import numpy as np
+
+    result, seconds = run_cli(["predict", model_dir, test_dir / "images", "-o", pred_dir, "--quiet"])
+    check(result, "unetcli predict")
+    inter = {0: 0, 255: 0}
+    sums = {0: 0, 255: 0}
+    wrong = total = 0
+    for truth_path in sorted((test_dir / "masks").glob("*.png")):
+        truth = cv2.imread(str(truth_path), cv2.IMREAD_UNCHANGED)
+        pred = cv2.imread(str(pred_dir / truth_path.name), cv2.IMREAD_UNCHANGED)
+        if pred is None or pred.shape != truth.shape:
+            raise RuntimeError(f"predicted mask for {truth_path.name} missing or of another shape")
+        extra = set(np.unique(pred).tolist()) - {0, 255}
+        if extra:
+            raise RuntimeError(f"predicted mask {truth_path.name} holds values {sorted(extra)} besides 0 and 255")
+        for v in (0, 255):
+            inter[v] += int(((pred == v) & (truth == v)).sum())
+            sums[v] += int((pred == v).sum() + (truth == v).sum())
+        wrong += int((pred != truth).sum())
+        total += truth.size
+    return {"predict_wall_s": round(seconds, 1), "pixel_error": round(wrong / total, 6),
+            "dice_value_0": round(2 * inter[0] / sums[0], 6), "dice_value_255": round(2 * inter[255] / sums[255], 6)}
 
 
 def evaluate(model_dir: Path, data: Path) -> tuple[dict, float]:
@@ -166,11 +192,12 @@ def bench_membrane(source: Path, workdir: Path, minutes: float) -> dict:
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     epochs = [e for e in events if e.get("event") == "epoch"]
     done = next((e for e in events if e.get("event") == "done"), {})
-    header = next((line for line in result.stderr.splitlines() if "training /" in line), "")
 
     model_dir = run_dir / "model-last"
     summary, eval_s = evaluate(model_dir, test_dir)
-    values = model_values(model_dir)
+    meta = model_info(model_dir)
+    values = {c["name"]: c["value"] for c in meta["classes"]["classes"]}
+    check_numpy = independent_dice(model_dir, test_dir, workdir / "membrane" / "pred")
     role = {0: "membrane", 255: "cell interior"}
     per_class = {}
     for name, entry in summary["classes"].items():
@@ -182,7 +209,9 @@ def bench_membrane(source: Path, workdir: Path, minutes: float) -> dict:
         "test_slices": f"{TEST_SLICES.start}-{TEST_SLICES.stop - 1}",
         "time_limit_min": minutes,
         "train_command": "unetcli " + " ".join(str(a) for a in args),
-        "train_header": header.strip(),
+        "train_pairs": meta.get("data", {}).get("train_pairs"),
+        "val_pairs": meta.get("data", {}).get("val_pairs"),
+        "model_epoch": meta.get("epoch"),
         "train_wall_s": round(train_s, 1),
         "epochs_done": len(epochs),
         "stop_reason": done.get("reason"),
@@ -197,6 +226,7 @@ def bench_membrane(source: Path, workdir: Path, minutes: float) -> dict:
         "mean_dice": summary["mean_dice"],
         "classes": per_class,
         "confusion_matrix": summary["confusion_matrix"],
+        "cross_check_predict_numpy": check_numpy,
     }
 
 
@@ -248,7 +278,7 @@ def main() -> int:
             log(f"\n[3] membrane (ISBI 2012): train slices 0-24 for {options.minutes:g} min, test on 25-29")
             try:
                 r = results["membrane"] = bench_membrane(options.membrane, workdir, options.minutes)
-                log(f"  {r['train_header']}")
+                log(f"  {r['train_pairs']} training / {r['val_pairs']} validation pairs")
                 log(f"  training {r['train_wall_s']:.1f} s wall, {r['epochs_done']} epochs ({r['stop_reason']}); "
                     f"epoch times {r['epoch_seconds']}")
                 log(f"  train loss {r['train_loss']}")
@@ -259,6 +289,9 @@ def main() -> int:
                     log(f"    {name:<11} value {c['mask_value']!s:<4} ({c['meaning']}): Dice {c['dice']}  IoU {c['iou']}  "
                         f"precision {c['precision']}  recall {c['recall']}")
                 log(f"  confusion matrix (rows truth, cols prediction): {r['confusion_matrix']}")
+                x = r["cross_check_predict_numpy"]
+                log(f"  cross-check (unetcli predict + numpy): pixel error {x['pixel_error']}, Dice value 0 "
+                    f"{x['dice_value_0']}, value 255 {x['dice_value_255']}")
             except Exception as err:
                 errors.append(f"membrane: {err}")
                 log(f"  FAILED: {err}")

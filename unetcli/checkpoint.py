@@ -140,7 +140,9 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
-def _build_from_config(path: Path):
+def read_config(path: Path) -> tuple[type, dict]:
+    """config.json checked without building anything: a known smp architecture and encoder.
+    Returns the model class and its constructor arguments (with encoder_weights=None)."""
     import segmentation_models_pytorch as smp
 
     try:
@@ -157,8 +159,14 @@ def _build_from_config(path: Path):
     encoder = kwargs.get("encoder_name")
     if encoder not in smp.encoders.get_encoder_names():
         raise ModelFolderError(f"{path / 'config.json'}: unknown encoder {encoder!r}; was it written by a newer smp?")
+    return architectures[arch], kwargs
+
+
+def _build_from_config(path: Path):
+    architecture, kwargs = read_config(path)
+    arch = architecture.__name__
     try:
-        return architectures[arch](**kwargs)
+        return architecture(**kwargs)
     except (TypeError, ValueError, KeyError) as err:
         raise ModelFolderError(f"{path / 'config.json'}: cannot build {arch} from it ({err})") from None
 

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_PARTIAL, UnetcliError, UsageError
+from .errors import EXIT_DATA, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_PARTIAL, UnetcliError, UsageError
 
 app = typer.Typer(
     name="unetcli",
@@ -274,10 +274,12 @@ def train(
 
 
 def render_predictions(results, as_json: bool, quiet: bool, total: int) -> int:
-    """Print results as they come; return the exit code (5 when some inputs failed)."""
+    """Print results as they come; return the exit code: 5 when some inputs failed and others succeeded,
+    the failures' own code (3 for bad files) when every input failed."""
     from rich.progress import Progress
 
     failed = ok = skipped = 0
+    failure_codes = []
     progress = Progress(console=err_console, transient=True) if _interactive(quiet) else None
     task = progress.add_task("predicting", total=total) if progress else None
     if progress:
@@ -286,6 +288,7 @@ def render_predictions(results, as_json: bool, quiet: bool, total: int) -> int:
         for result in results:
             if result.status == "error":
                 failed += 1
+                failure_codes.append(result.exit_code or EXIT_DATA)
                 _say("error", result.error)
             elif result.status == "skipped":
                 skipped += 1
@@ -302,7 +305,9 @@ def render_predictions(results, as_json: bool, quiet: bool, total: int) -> int:
             progress.stop()
     if not quiet:
         err_console.print(f"{ok} predicted, {skipped} skipped, {failed} failed")
-    return EXIT_PARTIAL if failed else 0
+    if not failed:
+        return 0
+    return EXIT_PARTIAL if ok or skipped else max(failure_codes)
 
 
 @app.command(epilog="Example: unetcli predict runs/cells/model-best images/ -o predictions/ --save mask,overlay")
@@ -470,17 +475,18 @@ def info(
     """Show what a model folder holds: classes, channels, pipeline, metrics, versions."""
 
     def action():
-        from .checkpoint import read_meta, resolve_model_dir
+        from .checkpoint import read_config, read_meta, resolve_model_dir
         from .masks import ClassMap
 
         folder = resolve_model_dir(model)
         meta = read_meta(folder)
+        architecture, config = read_config(folder)  # what predict would build: refuse it here too
         if as_json:
             print(json.dumps(meta))
             return
         training = meta.get("training", {})
         out_console.print(f"[bold]{folder}[/]  format {meta['format_version']}, epoch {meta.get('epoch')}")
-        out_console.print(f"encoder {training.get('encoder')}, {meta['in_channels']} input channel(s), "
+        out_console.print(f"{architecture.__name__}, encoder {config.get('encoder_name')}, {meta['in_channels']} input channel(s), "
                           f"trained on {meta.get('data', {}).get('train_pairs')} pairs, crop {training.get('crop')}, "
                           f"augment {training.get('augment')}")
         out_console.print(class_table(ClassMap.from_dict(meta["classes"])))

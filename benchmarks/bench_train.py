@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""Training throughput, measured side by side in one run.
+
+`unetcli train` with default options (bf16 autocast + channels_last where the CPU has native bf16, random
+256-pixel crops, default augmentation, batch 8, resnet34) against the plain loop a user would write: the
+same model, the same 256-pixel crops and loss, fp32 eager, contiguous memory. Images/s are taken from
+steady-state epochs (the first epoch is left out: it includes one-off warm-up costs).
+
+Usage: python benchmarks/bench_train.py [--epochs 3] [--samples 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MEMBRANE = REPO.parent / "shared" / "datasets" / "membrane"
+
+PLAIN_LOOP = r'''
+import sys, time
+import cv2, numpy as np, torch
+import segmentation_models_pytorch as smp
+files, steps, batch = sys.argv[3:], int(sys.argv[1]), int(sys.argv[2])
+images = [cv2.imread(f, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0 for f in files]
+masks = [(cv2.imread(f.replace("/images/", "/masks/"), cv2.IMREAD_GRAYSCALE) > 0).astype(np.float32) for f in files]
+model = smp.Unet("resnet34", encoder_weights=None, in_channels=1, classes=1)
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+dice, bce = smp.losses.DiceLoss("binary"), torch.nn.BCEWithLogitsLoss()
+rng = np.random.default_rng(0)
+times = []
+for step in range(steps):
+    xs, ys = [], []
+    for _ in range(batch):
+        i = rng.integers(len(images)); r, c = rng.integers(0, 512 - 256, 2)
+        xs.append(images[i][r:r + 256, c:c + 256]); ys.append(masks[i][r:r + 256, c:c + 256])
+    x = torch.from_numpy((np.stack(xs)[:, None] - 0.5) / 0.2); y = torch.from_numpy(np.stack(ys)[:, None])
+    start = time.perf_counter()
+    logits = model(x)
+    loss = dice(logits, y) + bce(logits, y)
+    optimizer.zero_grad(); loss.backward(); optimizer.step()
+    times.append(time.perf_counter() - start)
+steady = times[2:]
+print(batch * len(steady) / sum(steady))
+'''
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=128, help="crops per epoch for unetcli")
+    parser.add_argument("--plain-steps", type=int, default=12)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train.json")
+    args = parser.parse_args()
+    if not MEMBRANE.is_dir():
+        raise SystemExit(f"{MEMBRANE}: the membrane data is needed for this benchmark")
+    results: dict = {"cpus": os.cpu_count(), "load_at_start": os.getloadavg()[0]}
+    with tempfile.TemporaryDirectory() as scratch:
+        data = Path(scratch) / "membrane"
+        for sub in ("images", "masks"):
+            (data / sub).mkdir(parents=True)
+            for i in range(25):
+                (data / sub / f"{i}.png").symlink_to(MEMBRANE / sub / f"{i}.png")
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "unetcli", "train", str(data), "-o", f"{scratch}/run", "--val-split", "0",
+                        "--epochs", str(args.epochs), "--samples-per-epoch", str(args.samples), "-q"], check=True)
+        results["unetcli_wall_s"] = round(time.perf_counter() - start, 1)
+        with open(f"{scratch}/run/history.csv") as handle:
+            rows = list(csv.DictReader(handle))
+        steady = rows[1:] or rows
+        ours = args.samples * len(steady) / sum(float(r["seconds"]) for r in steady)
+        script = Path(scratch) / "plain.py"
+        script.write_text(PLAIN_LOOP)
+        plain = subprocess.run([sys.executable, str(script), str(args.plain_steps), "8",
+                                *(str(data / "images" / f"{i}.png") for i in range(25))],
+                               check=True, capture_output=True, text=True)
+        plain_rate = float(plain.stdout.strip().splitlines()[-1])
+    results.update({"unetcli_img_per_s": round(ours, 2), "plain_fp32_img_per_s": round(plain_rate, 2),
+                    "speedup": round(ours / plain_rate, 2), "load_at_end": os.getloadavg()[0]})
+    print(json.dumps(results, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Small helpers shared by the tests: writing tiny images and masks, running the CLI, reading results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner, Result
+
+from unetcli.cli import app
+
+# Stable output: wide lines, no colour codes (also set in conftest.py before unetcli.cli is imported).
+CLI_ENV = {"TERMINAL_WIDTH": "200", "COLUMNS": "200", "NO_COLOR": "1"}
+RUNNER = CliRunner(env=CLI_ENV)
+
+# A U-Net small enough to train in seconds on two CPU cores.
+TINY_TRAIN = ("--encoder", "resnet18", "--crop", "64", "--epochs", "2", "--samples-per-epoch", "16",
+              "--batch-size", "4", "--seed", "0")
+
+
+def cli(*args, input: str | None = None) -> Result:
+    """Run `unetcli ARGS...` in-process and return click's Result (stdout and stderr kept apart)."""
+    return RUNNER.invoke(app, [str(a) for a in args], input=input)
+
+
+def describe(result: Result) -> str:
+    """Everything that helps when an assertion on a CLI run fails."""
+    text = f"exit code {result.exit_code}\n--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        import traceback
+
+        text += "\n--- exception ---\n" + "".join(traceback.format_exception(result.exception))
+    return text
+
+
+def ok(result: Result) -> Result:
+    assert result.exit_code == 0, describe(result)
+    return result
+
+
+def user_error(result: Result, code: int, *fragments: str) -> str:
+    """Assert a clean user error: the exit code, one 'error:' line on stderr, no traceback. Returns the line."""
+    assert result.exit_code == code, describe(result)
+    assert "Traceback" not in result.output, describe(result)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), describe(result)
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in the error line\n{describe(result)}"
+    return lines[0]
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------------------------------------- image files
+
+
+def write_image(path: Path, array: np.ndarray) -> Path:
+    """Write an RGB(A) or gray array with OpenCV (any extension OpenCV knows: .png, .tif, .jpg, .bmp)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if array.ndim == 3 and array.shape[2] == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    assert cv2.imwrite(str(path), array), path
+    return path
+
+
+def write_palette_png(path: Path, indices: np.ndarray, palette: list[int]) -> Path:
+    """An indexed PNG (Pillow mode 'P')."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(indices.astype(np.uint8), mode="P")
+    image.putpalette(palette)
+    image.save(path)
+    return path
+
+
+def read_values(path: Path) -> np.ndarray:
+    """Pixel values exactly as stored (palette PNGs give indices, colour PNGs RGB)."""
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+def unique_values(paths) -> set:
+    """Distinct gray values (ints) or colours (RGB tuples) over several mask files."""
+    found: set = set()
+    for path in paths:
+        values = read_values(path)
+        if values.ndim == 3:
+            found |= {tuple(int(c) for c in v) for v in np.unique(values.reshape(-1, values.shape[2]), axis=0)}
+        else:
+            found |= {int(v) for v in np.unique(values)}
+    return found
+
+
+def class_layout(rng: np.random.Generator, height: int, width: int, classes: int) -> np.ndarray:
+    """Class ids 0..classes-1 as a few axis-aligned rectangles on background; every class present."""
+    ids = np.zeros((height, width), np.uint8)
+    for c in range(1, classes):
+        for _ in range(2):
+            h, w = int(rng.integers(12, height // 2)), int(rng.integers(12, width // 2))
+            y, x = int(rng.integers(0, height - h)), int(rng.integers(0, width - w))
+            ids[y:y + h, x:x + w] = c
+    return ids
+
+
+def image_for(ids: np.ndarray, rng: np.random.Generator, channels: int = 1) -> np.ndarray:
+    """An image where each class has its own brightness (easy to learn), with a little noise."""
+    levels = np.array([40, 200, 120, 250, 80], np.float32)
+    image = levels[ids] + rng.normal(0, 6, ids.shape)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    return np.repeat(image[:, :, None], channels, axis=2) if channels > 1 else image
+
+
+def write_multiclass_dataset(folder: Path, encode, count: int = 6, classes: int = 3, seed: int = 0,
+                             size: tuple[int, int] = (72, 88), mask_ext: str = ".png", writer=None) -> Path:
+    """Pairs whose masks hold `encode(ids)`; `writer(path, mask)` overrides how a mask is written."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        ids = class_layout(rng, *size, classes)
+        write_image(folder / "images" / f"img_{i}.png", image_for(ids, rng))
+        mask_path = folder / "masks" / f"img_{i}{mask_ext}"
+        (writer or write_image)(mask_path, encode(ids))
+    return folder
+
+
+def write_binary_dataset(folder: Path, count: int = 6, size: tuple[int, int] = (80, 96), seed: int = 0,
+                         foreground: int = 255) -> Path:
+    """Pairs from unetcli.demo.make_sample (striped shapes on blotches), masks 0/`foreground`."""
+    from unetcli.demo import make_sample
+
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        image, mask = make_sample(rng, *size)
+        write_image(folder / "images" / f"sample_{i}.png", image)
+        write_image(folder / "masks" / f"sample_{i}.png", np.where(mask > 0, foreground, 0).astype(np.uint8))
+    return folder
