@@ -177,3 +177,39 @@ def test_export_without_onnx_packages_says_what_to_install(run, tmp_path, monkey
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
     user_error(cli("export", run, "-o", tmp_path / "m.onnx"), 1, "onnxruntime", "pip install 'unetcli[onnx]'")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_folder_half_is_half_the_size_and_predicts_like_the_original(run, tmp_path):
+    import segmentation_models_pytorch as smp
+
+    source = run / "model-best"
+    shared = tmp_path / "share" / "cells"
+    result = ok(cli("export", run, "--format", "folder", "--half", "-o", shared, "--json"))
+    report = json.loads(result.stdout)
+    assert report["format"] == "folder" and report["max_abs_diff"] <= report["tolerance"]
+    assert sorted(p.name for p in shared.iterdir()) == ["config.json", "model.safetensors", "unetcli.json"]
+    ratio = (shared / "model.safetensors").stat().st_size / (source / "model.safetensors").stat().st_size
+    assert 0.45 < ratio < 0.55, ratio
+    assert json.loads((shared / "unetcli.json").read_text())["weights_dtype"] == "float16"
+
+    model = smp.from_pretrained(str(shared))  # offline (conftest sets HF_HUB_OFFLINE): fp16 file, fp32 model
+    assert {p.dtype for p in model.parameters()} == {__import__("torch").float32}
+
+    images = run.parent / "data" / "images"
+    ok(cli("predict", source, images, "-o", tmp_path / "a", "--precision", "fp32", "-q"))
+    ok(cli("predict", shared, images, "-o", tmp_path / "b", "--precision", "fp32", "-q"))
+    from unetcli.images import read_mask
+
+    for a in sorted((tmp_path / "a").iterdir()):
+        same = np.mean(read_mask(a).values == read_mask(tmp_path / "b" / a.name).values)
+        assert same >= 0.999, (a.name, same)
+
+
+def test_folder_export_refuses_an_existing_folder_and_half_elsewhere(run, tmp_path):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    user_error(cli("export", run, "--format", "folder", "-o", taken), 3, str(taken), "already exists")
+    assert [p.name for p in taken.iterdir()] == ["notes.txt"]
+    user_error(cli("export", run, "--half", "-o", tmp_path / "m.onnx"), 2, "--half")
+    assert not (tmp_path / "m.onnx").exists()

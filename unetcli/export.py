@@ -1,4 +1,5 @@
-"""Export a model folder to ONNX or TorchScript, with a sidecar JSON and a numeric check against PyTorch.
+"""Export a model folder to ONNX or TorchScript, with a sidecar JSON and a numeric check against PyTorch,
+or to a clean model folder for sharing (no training state; `--half` stores fp16 weights at half the size).
 
 The network is exported in fp32 eval mode on the CPU. The sidecar (`FILE.json`) says everything a
 deployment needs to feed the exported network exactly as `unetcli predict` does: channels and their order,
@@ -24,7 +25,7 @@ import numpy as np
 from . import __version__
 from .errors import OutputError, UnetcliError, UsageError
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "folder")
 SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript",
             ".torchscript": "torchscript"}
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # exporter (dynamo: onnx + onnxscript) and checker
@@ -34,6 +35,7 @@ INPUT_NAME, OUTPUT_NAME = "image", "logits"
 TRACE_SIZE = 256  # side of the dummy input the network is traced/exported with
 CHECK_SHAPE = (2, 75, 150)  # batch, height, width of the check images (padded to 96 x 160 by the pipeline)
 TOLERANCE = 1e-3  # largest accepted absolute difference of logits between the export and PyTorch
+HALF_TOLERANCE = 0.01  # fp16 weights: largest difference relative to the largest |logit| (11 significant bits)
 STRIDE = 32
 
 
@@ -45,9 +47,9 @@ class ExportCheckError(UnetcliError):
 
 @dataclass(frozen=True)
 class ExportResult:
-    format: str  # onnx | torchscript
-    file: Path  # the exported network
-    sidecar: Path  # FILE.json: preprocessing, classes, threshold, tiles, provenance
+    format: str  # onnx | torchscript | folder
+    file: Path  # the exported network (or model folder)
+    sidecar: Path  # FILE.json: preprocessing, classes, threshold, tiles, provenance (a folder's unetcli.json)
     model: Path  # the model folder it came from
     max_abs_diff: float  # largest |logit difference| between the export and PyTorch on the check input
     tolerance: float  # the check's limit for max_abs_diff
@@ -63,10 +65,12 @@ class ExportResult:
 def pick_format(fmt: str, file: Path) -> str:
     """'onnx' | 'torchscript' | 'auto' (from FILE's suffix); refuses a suffix that names the other format."""
     suffix_format = SUFFIXES.get(Path(file).suffix.lower())
+    if fmt == "auto" and Path(file).suffix == "":
+        return "folder"
     if fmt == "auto":
         if suffix_format is None:
-            raise UsageError(f"{file}: cannot tell the format from the file name; give --format onnx or "
-                             "--format torchscript (or name the file .onnx / .pt)")
+            raise UsageError(f"{file}: cannot tell the format from the file name; give --format onnx, "
+                             "torchscript or folder (or name the file .onnx / .pt, or a folder without a suffix)")
         return suffix_format
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
@@ -250,8 +254,51 @@ def describe(loaded, fmt: str, file: Path, check: dict, versions: dict) -> dict:
     }
 
 
-def export_model(model_dir: Path, file: Path, fmt: str = "auto", tolerance: float = TOLERANCE) -> ExportResult:
-    """Export the model folder to FILE (ONNX or TorchScript) and FILE.json; check the logits against PyTorch.
+def export_folder(model_dir: Path, target: Path, half: bool, tolerance: float) -> ExportResult:
+    """A clean model folder (config.json, model.safetensors, unetcli.json; no training state) for sharing.
+    With `half` the weights are stored as fp16 (half the size); loading turns them back into fp32. The copy
+    is loaded back and its logits compared with the original's before it is renamed into place."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from .checkpoint import META_FILE, load_model_folder, replace_folder
+
+    source = load_model_folder(model_dir)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise OutputError(f"{target}: already exists; choose a new folder for -o (nothing was changed)")
+    state = load_file(str(source.path / "model.safetensors"))
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    batch = torch.from_numpy(check_batch(source.meta))
+    with torch.no_grad():
+        reference = source.model.float()(batch).numpy()
+
+    def write(folder: Path) -> None:
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        shutil.copyfile(source.path / "config.json", folder / "config.json")
+        meta = json.loads((source.path / META_FILE).read_text(encoding="utf-8"))
+        meta["weights_dtype"] = "float16" if half else "float32"
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        with torch.no_grad():
+            copied = load_model_folder(folder).model(batch).numpy()
+        diff = float(np.abs(copied - reference).max())
+        limit = tolerance * max(1.0, float(np.abs(reference).max())) if half else tolerance
+        if not diff <= limit:
+            raise ExportCheckError(f"the copied model differs from the original by up to {diff:.3g} in the logits "
+                                   f"(limit {limit:.3g}); nothing was written. Raise --tolerance or drop --half")
+        checks.append((diff, limit))
+
+    checks: list[tuple[float, float]] = []  # (max |difference|, its limit), set by write()
+    replace_folder(target, write)
+    return ExportResult("folder", target, target / META_FILE, source.path, *checks[0], tuple(batch.shape))
+
+
+def export_model(model_dir: Path, file: Path, fmt: str = "auto", tolerance: float | None = None,
+                 half: bool = False) -> ExportResult:
+    """Export the model folder to FILE (ONNX or TorchScript) and FILE.json, or to a clean model folder;
+    check the logits against PyTorch.
 
     Nothing is renamed into place unless the check passes (max |difference| <= tolerance)."""
     import torch
@@ -261,8 +308,14 @@ def export_model(model_dir: Path, file: Path, fmt: str = "auto", tolerance: floa
 
     file = Path(file)
     fmt = pick_format(fmt, file)
+    if half and fmt != "folder":
+        raise UsageError(f"--half applies to --format folder only (the {fmt} export is fp32)")
+    if tolerance is None:
+        tolerance = HALF_TOLERANCE if half else TOLERANCE
     if not tolerance > 0:
         raise UsageError(f"--tolerance {tolerance}: use a positive number (default {TOLERANCE})")
+    if fmt == "folder":
+        return export_folder(Path(model_dir), file, half, tolerance)
     versions = {"unetcli": __version__, "torch": torch.__version__}
     if fmt == "onnx":
         versions.update(require_onnx_packages())
