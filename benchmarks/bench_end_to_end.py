@@ -8,6 +8,8 @@
    options), then `unetcli evaluate RUN/model-last TEST --json` on slices 25-29, which training never sees.
    model-last, not model-best: without validation model-best is chosen by *training* loss, so it says nothing
    about held-out data; model-last is the model at the end of the (clock-driven) LR schedule.
+   Several budgets and augmentation presets give the time-to-quality table:
+   `--minutes 5 10 --augment default elastic` trains four runs.
 
 Usage:
     python benchmarks/bench_end_to_end.py                       # full run (~13 min on 2 cores)
@@ -182,10 +184,11 @@ def split_membrane(source: Path, workdir: Path) -> tuple[Path, Path]:
     return folders["train"], folders["test"]
 
 
-def bench_membrane(source: Path, workdir: Path, minutes: float) -> dict:
-    train_dir, test_dir = split_membrane(source, workdir)
-    run_dir = workdir / "membrane" / "run"
+def bench_membrane(train_dir: Path, test_dir: Path, workdir: Path, minutes: float, augment: str) -> dict:
+    run_dir = workdir / "membrane" / f"run-{augment}-{minutes:g}m"
     args = ["train", train_dir, "--val-split", "0", "-o", run_dir, "--time-limit", f"{minutes:g}m", "--json"]
+    if augment != "default":
+        args += ["--augment", augment]
     log(f"  $ unetcli {' '.join(str(a) for a in args)}")
     result, train_s = run_cli(args)
     check(result, "unetcli train")
@@ -197,7 +200,7 @@ def bench_membrane(source: Path, workdir: Path, minutes: float) -> dict:
     summary, eval_s = evaluate(model_dir, test_dir)
     meta = model_info(model_dir)
     values = {c["name"]: c["value"] for c in meta["classes"]["classes"]}
-    check_numpy = independent_dice(model_dir, test_dir, workdir / "membrane" / "pred")
+    check_numpy = independent_dice(model_dir, test_dir, run_dir / "pred")
     role = {0: "membrane", 255: "cell interior"}
     per_class = {}
     for name, entry in summary["classes"].items():
@@ -208,6 +211,7 @@ def bench_membrane(source: Path, workdir: Path, minutes: float) -> dict:
         "train_slices": f"{TRAIN_SLICES.start}-{TRAIN_SLICES.stop - 1}",
         "test_slices": f"{TEST_SLICES.start}-{TEST_SLICES.stop - 1}",
         "time_limit_min": minutes,
+        "augment": augment,
         "train_command": "unetcli " + " ".join(str(a) for a in args),
         "train_pairs": meta.get("data", {}).get("train_pairs"),
         "val_pairs": meta.get("data", {}).get("val_pairs"),
@@ -234,7 +238,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--membrane", type=Path, default=DEFAULT_MEMBRANE, help="ISBI 2012 membrane folder (images/, masks/)")
-    parser.add_argument("--minutes", type=float, default=10, help="membrane training --time-limit in minutes (default 10)")
+    parser.add_argument("--minutes", type=float, nargs="+", default=[10], help="membrane training --time-limit(s) in minutes (default 10)")
+    parser.add_argument("--augment", nargs="+", default=["default"], help="augmentation preset(s) for the membrane runs")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--skip-membrane", action="store_true")
@@ -275,26 +280,17 @@ def main() -> int:
             log(f"\n[3] membrane: skipped ({options.membrane} has no images/ and masks/)")
             results["membrane"] = {"skipped": f"{options.membrane} missing"}
         else:
-            log(f"\n[3] membrane (ISBI 2012): train slices 0-24 for {options.minutes:g} min, test on 25-29")
-            try:
-                r = results["membrane"] = bench_membrane(options.membrane, workdir, options.minutes)
-                log(f"  {r['train_pairs']} training / {r['val_pairs']} validation pairs")
-                log(f"  training {r['train_wall_s']:.1f} s wall, {r['epochs_done']} epochs ({r['stop_reason']}); "
-                    f"epoch times {r['epoch_seconds']}")
-                log(f"  train loss {r['train_loss']}")
-                log(f"  evaluated {r['evaluated_model']}")
-                log(f"  test ({r['test_images']} slices, unseen in training): pixel error {r['pixel_error']}, "
-                    f"mean Dice {r['mean_dice']}")
-                for name, c in r["classes"].items():
-                    log(f"    {name:<11} value {c['mask_value']!s:<4} ({c['meaning']}): Dice {c['dice']}  IoU {c['iou']}  "
-                        f"precision {c['precision']}  recall {c['recall']}")
-                log(f"  confusion matrix (rows truth, cols prediction): {r['confusion_matrix']}")
-                x = r["cross_check_predict_numpy"]
-                log(f"  cross-check (unetcli predict + numpy): pixel error {x['pixel_error']}, Dice value 0 "
-                    f"{x['dice_value_0']}, value 255 {x['dice_value_255']}")
-            except Exception as err:
-                errors.append(f"membrane: {err}")
-                log(f"  FAILED: {err}")
+            train_dir, test_dir = split_membrane(options.membrane, workdir)
+            results["membrane"] = []
+            for augment, minutes in [(a, m) for a in options.augment for m in options.minutes]:
+                log(f"\n[3] membrane (ISBI 2012): train slices 0-24 for {minutes:g} min (--augment {augment}), test on 25-29")
+                run_membrane(train_dir, test_dir, workdir, minutes, augment, results["membrane"], errors)
+            if results["membrane"]:
+                log("\ntime to quality (test slices 25-29): augment, minutes, epochs, pixel error, Dice per class")
+                for r in results["membrane"]:
+                    dice = ", ".join(f"{name} {c['dice']}" for name, c in r["classes"].items())
+                    log(f"  {r['augment']:<8} {r['time_limit_min']:>4g} min  {r['epochs_done']:>3} epochs  "
+                        f"pixel error {r['pixel_error']}  Dice {dice}")
     finally:
         if options.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -306,6 +302,31 @@ def main() -> int:
     options.out.write_text(json.dumps(results, indent=2) + "\n")
     log(f"results: {options.out}")
     return 1 if errors else 0
+
+
+def run_membrane(train_dir: Path, test_dir: Path, workdir: Path, minutes: float, augment: str,
+                 runs: list, errors: list) -> None:
+    """One membrane training run and its held-out evaluation, appended to `runs` (failures to `errors`)."""
+    try:
+        r = bench_membrane(train_dir, test_dir, workdir, minutes, augment)
+        runs.append(r)
+        log(f"  {r['train_pairs']} training / {r['val_pairs']} validation pairs")
+        log(f"  training {r['train_wall_s']:.1f} s wall, {r['epochs_done']} epochs ({r['stop_reason']}); "
+            f"epoch times {r['epoch_seconds']}")
+        log(f"  train loss {r['train_loss']}")
+        log(f"  evaluated {r['evaluated_model']}")
+        log(f"  test ({r['test_images']} slices, unseen in training): pixel error {r['pixel_error']}, "
+            f"mean Dice {r['mean_dice']}")
+        for name, c in r["classes"].items():
+            log(f"    {name:<11} value {c['mask_value']!s:<4} ({c['meaning']}): Dice {c['dice']}  IoU {c['iou']}  "
+                f"precision {c['precision']}  recall {c['recall']}")
+        log(f"  confusion matrix (rows truth, cols prediction): {r['confusion_matrix']}")
+        x = r["cross_check_predict_numpy"]
+        log(f"  cross-check (unetcli predict + numpy): pixel error {x['pixel_error']}, Dice value 0 "
+            f"{x['dice_value_0']}, value 255 {x['dice_value_255']}")
+    except Exception as err:
+        errors.append(f"membrane {augment} {minutes:g} min: {err}")
+        log(f"  FAILED: {err}")
 
 
 if __name__ == "__main__":
