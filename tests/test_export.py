@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import cli, describe, ok, user_error
 
 TOLERANCE = 1e-3

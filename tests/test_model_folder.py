@@ -42,6 +42,10 @@ def test_save_load_round_trip_is_exact(trained, tmp_path, torch):
         model(input_batch(torch, seed=1))  # moves BatchNorm running statistics off their defaults
     model.eval()
     meta = {k: v for k, v in read_meta(trained.model).items() if k not in ("format", "format_version", "versions")}
+    # three logits: a three-class table (loading refuses a table that does not fit the network)
+    meta["classes"] = {"mode": "index", "ignore_value": None, "palette": None,
+                       "classes": [{"id": i, "name": f"c{i}", "value": i, "colour": [i, i, i]} for i in range(3)]}
+    meta["out_channels"] = 3
     save_model_folder(tmp_path / "saved", model, meta)
     loaded = load_model_folder(tmp_path / "saved")
 

@@ -46,9 +46,41 @@ def unwrap(model):
     return getattr(model, "_orig_mod", model)
 
 
-def replace_folder(target: Path, write: Callable[[Path], None]) -> None:
-    """Fill a temporary sibling folder with `write`, then swap it in place of `target`."""
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but not ours
+        return True
+    return True
+
+
+def recover_folder(target: Path) -> None:
+    """Undo what a killed `replace_folder` left behind: when `target` was moved aside (`.NAME.old-PID`) but
+    not yet replaced, it comes back; temporary folders of processes that are gone are removed."""
     target = Path(target)
+    for old in target.parent.glob(f".{target.name}.old-*"):
+        if target.exists():
+            break
+        try:
+            os.replace(old, target)
+        except OSError:  # another process (a second torchrun rank) restored it first
+            pass
+    for path in [*target.parent.glob(f".{target.name}.old-*"), *target.parent.glob(f".{target.name}.tmp-*")]:
+        pid = path.name.rpartition("-")[2]
+        if path.exists() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def replace_folder(target: Path, write: Callable[[Path], None]) -> None:
+    """Fill a temporary sibling folder with `write`, then swap it in place of `target`. Between the two
+    renames `target` is missing; `recover_folder` (run here first, and on --resume) repairs a save killed there."""
+    target = Path(target)
+    if target.parent.is_dir():
+        recover_folder(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -63,6 +95,11 @@ def replace_folder(target: Path, write: Callable[[Path], None]) -> None:
         if old.exists() and not target.exists():
             os.replace(old, target)
         raise OutputError(f"{target}: cannot write the model folder ({err.strerror or err}); check free space and permissions") from None
+    except BaseException:  # a second Ctrl-C: put the previous folder back
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not target.exists():
+            os.replace(old, target)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -72,7 +109,7 @@ def save_model_folder(target: Path, model, meta: dict[str, Any], train_state: di
 
     plain = unwrap(model)
 
-    def write(folder: Path) -> None:
+    def write_files(folder: Path) -> None:
         plain.save_pretrained(folder)
         (folder / "README.md").unlink(missing_ok=True)  # smp's generic hub card; unetcli.json says more
         meta_full = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **meta, "versions": package_versions()}
@@ -81,6 +118,14 @@ def save_model_folder(target: Path, model, meta: dict[str, Any], train_state: di
             torch.save(train_state, folder / TRAIN_STATE_FILE)
         for name, data in (extra_files or {}).items():
             (folder / name).write_bytes(data)
+
+    def write(folder: Path) -> None:
+        from safetensors import SafetensorError
+
+        try:
+            write_files(folder)
+        except (SafetensorError, RuntimeError) as err:  # how safetensors and torch.save report a full disk
+            raise OSError(str(err).splitlines()[0][:200] if str(err) else type(err).__name__) from err
 
     replace_folder(target, write)
 
@@ -137,7 +182,44 @@ def read_meta(path: Path) -> dict:
     for key in ("classes", "in_channels", "pipeline"):
         if key not in meta:
             raise ModelFolderError(f"{path / META_FILE}: lacks the {key!r} entry; the model folder is damaged")
+    _check_meta(path / META_FILE, meta)
     return meta
+
+
+def expected_out_channels(meta: dict) -> int:
+    """Logits the network of a (checked) model description must have: one for binary, else one per class."""
+    classes = meta["classes"]
+    return 1 if classes["mode"] == "binary" else len(classes["classes"])
+
+
+def _check_meta(file: Path, meta: dict) -> None:
+    """What predict, evaluate and info rely on, so that a damaged or hand-edited unetcli.json is refused
+    with its file named instead of crashing (or predicting garbage) later."""
+
+    def damaged(what: str) -> ModelFolderError:
+        return ModelFolderError(f"{file}: {what}; the model folder is damaged (use an intact copy or retrain)")
+
+    channels = meta["in_channels"]
+    if not isinstance(channels, int) or isinstance(channels, bool) or not 1 <= channels <= 64:
+        raise damaged(f"in_channels is {channels!r}, not a channel count")
+    try:
+        ClassMap.from_dict(meta["classes"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise damaged(f"the class table is invalid ({type(err).__name__}: {err})") from None
+    out = meta.get("out_channels", expected_out_channels(meta))
+    if out != expected_out_channels(meta):
+        raise damaged(f"out_channels is {out!r} but the class table ({meta['classes']['mode']}, "
+                      f"{len(meta['classes']['classes'])} classes) needs {expected_out_channels(meta)}")
+    pipeline = meta["pipeline"]
+    try:
+        steps = pipeline["eval"]["transform"]["transforms"]
+        names = [step["__class_fullname__"] for step in steps]
+        config = pipeline["config"]
+        numbers = [float(v) for v in (*config["mean"], *config["std"])]
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise damaged(f"the pipeline description is invalid ({type(err).__name__}: {err})") from None
+    if not all(isinstance(name, str) for name in names) or len(numbers) != 2 * channels:
+        raise damaged(f"the pipeline description does not fit {channels} input channel(s)")
 
 
 def read_config(path: Path) -> tuple[type, dict]:
@@ -149,6 +231,8 @@ def read_config(path: Path) -> tuple[type, dict]:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ModelFolderError(f"{path / 'config.json'}: not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise ModelFolderError(f"{path / 'config.json'}: not an smp model configuration (a JSON object)")
     arch = config.get("_model_class", "Unet")
     architectures = {cls.__name__: cls for cls in smp.__dict__.values()
                      if isinstance(cls, type) and issubclass(cls, smp.base.SegmentationModel) and cls is not smp.base.SegmentationModel}
@@ -160,6 +244,11 @@ def read_config(path: Path) -> tuple[type, dict]:
     if encoder not in smp.encoders.get_encoder_names():
         raise ModelFolderError(f"{path / 'config.json'}: unknown encoder {encoder!r}; was it written by a newer smp?")
     return architectures[arch], kwargs
+
+
+def _config_value(path: Path, key: str, default):
+    """One entry of config.json (read_config has checked it is a JSON object), smp's default if absent."""
+    return json.loads((path / "config.json").read_text(encoding="utf-8")).get(key, default)
 
 
 def _build_from_config(path: Path):
@@ -191,6 +280,13 @@ def load_model_folder(path: Path) -> LoadedModel:
     except RuntimeError as err:
         first = str(err).splitlines()[0][:200]
         raise ModelFolderError(f"{path / 'model.safetensors'}: weights do not fit config.json ({first})") from None
+    have = {"in_channels": _config_value(path, "in_channels", 3), "classes": _config_value(path, "classes", 1)}
+    want = {"in_channels": int(meta["in_channels"]), "classes": expected_out_channels(meta)}
+    if have != want:
+        raise ModelFolderError(
+            f"{path / META_FILE}: describes {want['in_channels']} input channel(s) and {want['classes']} output "
+            f"channel(s) ({class_map.mode}, {class_map.num_classes} classes), but the network in config.json and "
+            f"model.safetensors has {have['in_channels']} and {have['classes']}; the model folder is damaged")
     model.eval()
     return LoadedModel(path, model, meta, class_map)
 

@@ -121,7 +121,7 @@ ImagesOpt = Annotated[Optional[Path], typer.Option("--images", help="Images fold
 MasksOpt = Annotated[Optional[Path], typer.Option("--masks", help="Masks folder (instead of DATA/masks).")]
 MaskModeOpt = Annotated[str, typer.Option("--mask-mode", help="auto | binary | index | palette | rgb.")]
 IgnoreOpt = Annotated[Optional[int], typer.Option("--ignore-index", help="Mask value to leave out of loss and metrics.")]
-ClassMapOpt = Annotated[Optional[Path], typer.Option("--class-map", help='JSON/YAML {name: value} map, value a gray level or [r,g,b].')]
+ClassMapOpt = Annotated[Optional[Path], typer.Option("--class-map", help='JSON/YAML {name: value} map, value a gray level or \\[r,g,b].')]
 ClassesOpt = Annotated[str, typer.Option("--classes", help="Number of classes, or auto (from the masks).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 on CPUs/GPUs that have it) | fp32 | bf16 | fp16.")]
@@ -230,6 +230,7 @@ def train(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader workers (default 0 on CPU, 4 on GPU).")] = None,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model (pays on long GPU runs; eager if it fails).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Reuse a non-empty run folder.")] = False,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue RUN from its model-last/ (--epochs may be raised).")] = None,
     as_json: JsonOpt = False,
@@ -249,10 +250,10 @@ def train(
             border_sigma=border_sigma, consistency=consistency, foreground_crops=foreground_crops, augment=augment,
             samples_per_epoch=samples_per_epoch, patience=patience,
             min_delta=min_delta, time_limit=parse_duration(time_limit), seed=seed, device=device,
-            precision=precision, workers=workers, overwrite=overwrite,
+            precision=precision, workers=workers, compile=compile_model, overwrite=overwrite,
         )
         if resume is not None:
-            param = {"class_map_file": "class_map"}
+            param = {"class_map_file": "class_map", "compile": "compile_model"}
             typed = {k: v for k, v in given.items()
                      if getattr(ctx.get_parameter_source(param.get(k, k)), "name", "") == "COMMANDLINE" and k != "out"}
             options = resume_options(resume, typed)
@@ -304,7 +305,9 @@ def render_predictions(results, as_json: bool, quiet: bool, total: int) -> int:
         if progress:
             progress.stop()
     if not quiet:
-        err_console.print(f"{ok} predicted, {skipped} skipped, {failed} failed")
+        world = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun each rank reports its own share
+        share = f"rank {os.environ.get('RANK', '0')} of {world}: " if world > 1 else ""
+        err_console.print(f"{share}{ok} predicted, {skipped} skipped, {failed} failed")
     if not failed:
         return 0
     return EXIT_PARTIAL if ok or skipped else max(failure_codes)
@@ -321,6 +324,8 @@ def predict(
     tile: Annotated[str, typer.Option("--tile", help="auto (the model's tile size) | off | N: images larger than N are predicted in overlapping tiles.")] = "auto",
     overlap: Annotated[Optional[float], typer.Option("--overlap", help="Tile overlap share (default 0.25).")] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Average over flips (4x slower).")] = False,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model: faster on many images of one size, "
+                                                "after a compile of a minute or more (needs a C++ compiler on CPU); falls back to eager if it fails.")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose outputs already exist.")] = False,
     shard: Annotated[Optional[str], typer.Option("--shard", help="K/N: process only the K-th of N interleaved shares.")] = None,
     device: DeviceOpt = "auto",
@@ -342,7 +347,7 @@ def predict(
         options = PredictOptions(out_dir=out, save=tuple(s.strip() for s in save.split(",") if s.strip()),
                                  batch_size=max(1, batch_size), skip_existing=skip_existing, shard=share)
         predictor = Predictor.from_folder(resolve_model_dir(model), device, precision, tile, overlap, tta, threshold,
-                                          options.batch_size)
+                                          options.batch_size, compile_model)
         return render_predictions(predict_files(predictor, paths, options), as_json, quiet, len(paths))
 
     run_guarded(action)
@@ -385,6 +390,7 @@ def evaluate(
     tta: Annotated[bool, typer.Option("--tta", help="Average over flips, as predict --tta.")] = False,
     per_image: Annotated[Optional[Path], typer.Option("--per-image", help="Write per-image scores and counts (CSV).")] = None,
     summary_file: Annotated[Optional[Path], typer.Option("--summary", help="Write the summary (JSON).")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write a PNG: Dice per class, confusion matrix, worst images.")] = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     as_json: JsonOpt = False,
@@ -405,7 +411,7 @@ def evaluate(
                 raise UsageError("give a MODEL folder and DATA (or --pred DIR --gt DIR)")
             events = evaluate_model(resolve_model_dir(model), data, images, masks, device, precision, tile, tta)
         evaluation = render_evaluation(events, quiet)
-        evaluation.write(per_image, summary_file)
+        evaluation.write(per_image, summary_file, report)
         summary = evaluation.summary()
         if as_json:
             print(json.dumps(summary))
@@ -505,15 +511,19 @@ def info(
 # ----------------------------------------------------------------------------------------------- export
 
 
-@app.command(epilog="Example: unetcli export runs/cells/model-best --format onnx -o deploy/cells.onnx")
+@app.command(epilog="Examples: unetcli export runs/cells/model-best --format onnx -o deploy/cells.onnx\n\n"
+                     "unetcli export runs/cells/model-best --format folder --half -o share/cells")
 def export(
     model: Annotated[Path, typer.Argument(help="Model folder (or a run folder: its model-best/ is used).")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="File to write (FILE.json with preprocessing and classes goes next to it).")],
-    fmt: Annotated[str, typer.Option("--format", help="onnx | torchscript | auto (from the file name: .onnx, .pt).")] = "auto",
-    tolerance: Annotated[float, typer.Option("--tolerance", help="Largest accepted |logit difference| from PyTorch in the check.")] = 1e-3,
+    out: Annotated[Path, typer.Option("-o", "--out", help="File to write (FILE.json with preprocessing and classes goes next "
+                                                          "to it), or a new folder for --format folder.")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx | torchscript | folder | auto (from the name: .onnx, .pt, no suffix = folder).")] = "auto",
+    half: Annotated[bool, typer.Option("--half", help="folder only: store fp16 weights (half the size; loaded as fp32).")] = False,
+    tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="Largest accepted |logit difference| from PyTorch in the "
+                                                       "check \\[default: 1e-3; with --half 0.01 of the largest |logit|].")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export a model to ONNX or TorchScript (fp32), checked numerically against PyTorch."""
+    """Export a model to ONNX or TorchScript (fp32), or a clean model folder to share, checked numerically against PyTorch."""
 
     def action():
         import contextlib
@@ -523,12 +533,13 @@ def export(
 
         busy = err_console.status(f"exporting to {escape(str(out))} ...") if _interactive(as_json) else contextlib.nullcontext()
         with busy:
-            result = export_model(resolve_model_dir(model), out, fmt, tolerance)
+            result = export_model(resolve_model_dir(model), out, fmt, tolerance, half)
         if as_json:
             print(json.dumps(result.to_dict()))
             return
         opset = f", opset {result.opset}" if result.opset else ""
-        out_console.print(f"{result.format}{opset}: {result.file}\nsidecar: {result.sidecar}\n"
+        described = "description" if result.format == "folder" else "sidecar"
+        out_console.print(f"{result.format}{opset}: {result.file}\n{described}: {result.sidecar}\n"
                           f"max abs difference from PyTorch: {result.max_abs_diff:.2e} (limit {result.tolerance:g}, "
                           f"input {'x'.join(map(str, result.check_input))})", markup=False)
 

@@ -14,11 +14,13 @@ import numpy as np
 
 from .data import Pair, find_pairs, list_image_files, pair_files, read_sample, resolve_layout
 from .errors import DataError
-from .images import read_mask, write_bytes_atomic
+from .images import read_mask, write_bytes_atomic, write_png
 from .masks import ClassMap, infer_class_map, mask_stats
 from .metrics import SCORES, confusion_matrix, counts_from_confusion, nanmean, pixel_accuracy, scores_from_counts
 
 PREDICTION_EXTRAS = ("_color", "_overlay")  # files `unetcli predict --save` writes beside the masks
+WORST_KEPT = 6  # worst images kept (as thumbnails) for the --report picture
+THUMBNAIL = (120, 240)  # their largest height and width, pixels
 
 
 @dataclass(frozen=True)
@@ -27,10 +29,62 @@ class ImageResult:
     matrix: np.ndarray  # confusion matrix (truth, prediction)
 
 
+def foreground_dice(matrix: np.ndarray) -> float:
+    """An image's Dice over its foreground: class 1 of a binary task, the mean over classes 1.. otherwise.
+    NaN when no foreground class is in its truth or prediction (nothing to get wrong)."""
+    if matrix.shape[0] < 2:
+        return float("nan")
+    return nanmean(scores_from_counts(counts_from_confusion(matrix))["dice"][1:])
+
+
+def worst_images(results: list[ImageResult], count: int = WORST_KEPT) -> list[tuple[str, float]]:
+    """The `count` images with the lowest foreground Dice, worst first (ties by name): (stem, Dice)."""
+    scored = [(foreground_dice(r.matrix), r.stem) for r in results]
+    return [(stem, dice) for dice, stem in sorted(s for s in scored if not math.isnan(s[0]))[:count]]
+
+
+@dataclass(frozen=True)
+class WorstImage:
+    """A thumbnail row of the report: the image (None for --pred/--gt), its truth and predicted class ids."""
+
+    stem: str
+    dice: float
+    image: np.ndarray | None
+    truth: np.ndarray
+    pred: np.ndarray
+
+
+def _shrink(array: np.ndarray, interpolation: int) -> np.ndarray:
+    import cv2
+
+    height, width = array.shape[:2]
+    scale = min(THUMBNAIL[0] / height, THUMBNAIL[1] / width, 1.0)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = cv2.resize(array, size, interpolation=interpolation) if scale < 1 else array.copy()
+    return small[:, :, None] if array.ndim == 3 and small.ndim == 2 else small
+
+
 @dataclass
 class Evaluation:
     class_names: list[str]
     images: list[ImageResult] = field(default_factory=list)
+    class_colours: list[tuple[int, int, int]] = field(default_factory=list)
+    source: str = ""  # what was scored, for the report's title
+    worst: list[WorstImage] = field(default_factory=list)  # the WORST_KEPT worst so far, worst first
+
+    def add(self, result: ImageResult, truth: np.ndarray, pred: np.ndarray, image: np.ndarray | None = None) -> None:
+        """Record an image's counts; keep small copies of it when it is among the worst so far."""
+        import cv2
+
+        self.images.append(result)
+        dice = foreground_dice(result.matrix)
+        if math.isnan(dice):
+            return
+        if len(self.worst) == WORST_KEPT and (dice, result.stem) >= (self.worst[-1].dice, self.worst[-1].stem):
+            return
+        thumb = WorstImage(result.stem, dice, None if image is None else _shrink(image, cv2.INTER_AREA),
+                           _shrink(truth, cv2.INTER_NEAREST), _shrink(pred, cv2.INTER_NEAREST))
+        self.worst = sorted([*self.worst, thumb], key=lambda w: (w.dice, w.stem))[:WORST_KEPT]
 
     def summary(self) -> dict:
         """Micro scores (from counts summed over all images), per-image macro means, class means."""
@@ -73,11 +127,15 @@ class Evaluation:
             writer.writerow(row)
         return buffer.getvalue()
 
-    def write(self, per_image: Path | None = None, summary: Path | None = None) -> None:
+    def write(self, per_image: Path | None = None, summary: Path | None = None, report: Path | None = None) -> None:
         if per_image is not None:
             write_bytes_atomic(per_image, self.per_image_csv().encode())
         if summary is not None:
             write_bytes_atomic(summary, (json.dumps(self.summary(), indent=2) + "\n").encode())
+        if report is not None:
+            from .report import evaluation_report
+
+            write_png(report, evaluation_report(self.summary(), self.worst, self.class_colours, self.source))
 
 
 def _clean(value) -> float | None:
@@ -98,13 +156,14 @@ def evaluate_model(model_dir: Path, data: Path | None, images: Path | None = Non
 
     predictor = Predictor.from_folder(model_dir, device, precision, tile=tile, tta=tta)
     pairs = find_pairs(*resolve_layout(data, images, masks))
-    evaluation = Evaluation(predictor.class_map.names)
+    evaluation = Evaluation(predictor.class_map.names, class_colours=[c.colour for c in predictor.class_map.classes],
+                            source=f"model {model_dir} on {data if data is not None else images}")
     for pair in pairs:
         sample = read_sample(pair)
         truth = predictor.class_map.decode(sample.raw_mask, pair.mask)
         pred = predictor.predict_image(sample.image, pair.image)
         result = ImageResult(pair.stem, confusion_matrix(pred, truth, len(evaluation.class_names)))
-        evaluation.images.append(result)
+        evaluation.add(result, truth, pred, sample.image)
         yield result
     yield evaluation
 
@@ -131,11 +190,11 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path, mask_mode: str = "auto", clas
     if class_map is None:
         stats = [mask_stats(p.mask, t) for p, _, t in raws] + [mask_stats(p.image, q) for p, q, _ in raws]
         class_map = infer_class_map(stats, mask_mode, class_map_file=class_map_file)
-    evaluation = Evaluation(class_map.names)
+    evaluation = Evaluation(class_map.names, class_colours=[c.colour for c in class_map.classes],
+                            source=f"predictions {pred_dir} against {gt_dir}")
     for pair, pred, truth in raws:
-        matrix = confusion_matrix(class_map.decode(pred, pair.image), class_map.decode(truth, pair.mask),
-                                  class_map.num_classes)
-        result = ImageResult(pair.stem, matrix)
-        evaluation.images.append(result)
+        pred_ids, truth_ids = class_map.decode(pred, pair.image), class_map.decode(truth, pair.mask)
+        result = ImageResult(pair.stem, confusion_matrix(pred_ids, truth_ids, class_map.num_classes))
+        evaluation.add(result, truth_ids, pred_ids)
         yield result
     yield evaluation

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError, OutputError, UnetcliError
+from .errors import DataError, OutputError, UnetcliError, UsageError
 
 IMAGE_EXTENSIONS = frozenset(
     ".png .jpg .jpeg .jpe .tif .tiff .bmp .dib .webp .jp2 .pbm .pgm .ppm .pnm .pxm .sr .ras .exr .hdr .pic".split()
@@ -31,8 +31,16 @@ if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
 
 
 def max_pixels() -> int:
-    value = os.environ.get("UNETCLI_MAX_PIXELS")
-    return int(value) if value else DEFAULT_MAX_PIXELS
+    value = os.environ.get("UNETCLI_MAX_PIXELS", "").strip()
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(float(value))  # 1e9 is fine too
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise UsageError(f"UNETCLI_MAX_PIXELS={value!r}: use a positive number of pixels, e.g. 2000000000 (or unset it)")
+    return limit
 
 
 def is_image_file(path: Path) -> bool:
@@ -78,7 +86,24 @@ def _undecodable(path: Path) -> DataError:
     )
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png(data: np.ndarray, path: Path) -> None:
+    """Chunk CRCs and completeness of a PNG, checked by Pillow without decoding pixels: a damaged file is
+    refused here rather than by libpng, which also prints its own 'libpng error: ...' line on stderr."""
+    if data[:8].tobytes() != PNG_SIGNATURE:
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Image.open(io.BytesIO(data)).verify()
+    except Exception:  # noqa: BLE001 - Pillow raises many types for damaged files
+        raise _undecodable(path) from None
+
+
 def _decode(data: np.ndarray, path: Path) -> np.ndarray:
+    _check_png(data, path)
     try:
         array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error:
@@ -170,6 +195,35 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write ({err.strerror or err}); check free space and permissions") from None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but belongs to someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete the `.NAME.PID.tmp` files that `write_bytes_atomic` calls of killed processes left in `folder`
+    (a live process's files are left alone: it may be writing them now). Returns what was removed."""
+    removed = []
+    try:
+        candidates = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    except OSError:
+        return removed
+    for path in candidates:
+        pid = path.name[: -len(".tmp")].rpartition(".")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
 
 
 def encode_png(array: np.ndarray, palette: tuple[int, ...] | None = None) -> bytes:

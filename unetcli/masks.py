@@ -181,13 +181,42 @@ class ClassMap:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ClassMap":
+        """The inverse of `to_dict`; a table that `to_dict` cannot have written raises ValueError (or
+        KeyError/TypeError for missing or mistyped entries)."""
         classes = tuple(
-            SegClass(c["name"], tuple(c["value"]) if isinstance(c["value"], list) else int(c["value"]),
+            SegClass(str(c["name"]), tuple(c["value"]) if isinstance(c["value"], list) else int(c["value"]),
                      tuple(c["colour"]))
             for c in data["classes"]
         )
         palette = tuple(data["palette"]) if data.get("palette") else None
-        return cls(data["mode"], classes, data.get("ignore_value"), palette)
+        class_map = cls(data["mode"], classes, data.get("ignore_value"), palette)
+        class_map._check()
+        return class_map
+
+    def _check(self) -> None:
+        def byte(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 256
+
+        if self.mode not in MASK_MODES[1:]:
+            raise ValueError(f"unknown mask mode {self.mode!r} (known: {', '.join(MASK_MODES[1:])})")
+        if not 1 <= len(self.classes) <= MAX_CLASSES or (self.is_binary and len(self.classes) != 2):
+            raise ValueError(f"{len(self.classes)} classes for a {self.mode} map")
+        top = 256 if self.mode == "palette" else 65536
+        for c in self.classes:
+            good = (isinstance(c.value, tuple) and len(c.value) == 3 and all(byte(v) for v in c.value)
+                    if self.mode == "rgb" else not isinstance(c.value, tuple) and 0 <= c.value < top)
+            if not good:
+                raise ValueError(f"class {c.name!r} has value {c.value!r}, not a {self.mode} mask value")
+            if len(c.colour) != 3 or not all(byte(v) for v in c.colour):
+                raise ValueError(f"class {c.name!r} has colour {c.colour!r}, not [r, g, b]")
+        keys = [_value_key(c.value) for c in self.classes]
+        if len(set(keys)) != len(keys):
+            raise ValueError("two classes share one mask value")
+        if self.ignore_value is not None and (not isinstance(self.ignore_value, int) or not 0 <= self.ignore_value < 65536
+                                              or _value_key(self.ignore_value) in keys):
+            raise ValueError(f"ignore value {self.ignore_value!r} is not a free gray level")
+        if self.palette is not None and not all(byte(v) for v in self.palette):
+            raise ValueError("the palette holds values outside 0..255")
 
 
 def load_class_map_file(path: Path) -> list[tuple[str, Value]]:

@@ -21,8 +21,8 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
-from .errors import DataError, OutputError, UnetcliError, UsageError
-from .images import is_image_file, read_image, to_unit_range, write_png
+from .errors import DataError, ModelFolderError, OutputError, UnetcliError, UsageError
+from .images import is_image_file, read_image, remove_stale_temp_files, to_unit_range, write_png
 from .masks import ClassMap
 from .tiling import blend, pad_for_grid, plan_tiles
 
@@ -75,7 +75,7 @@ class Predictor:
 
     def __init__(self, model, class_map: ClassMap, eval_pipeline, in_channels: int, device, precision,
                  threshold: float = 0.5, tile: int | None = None, overlap: float = 0.25, tta: bool = False,
-                 batch_size: int = 4):
+                 batch_size: int = 4, compile_model: bool = False):
         import torch
 
         self.torch = torch
@@ -91,24 +91,38 @@ class Predictor:
         self.batch_size = batch_size
         memory_format = torch.channels_last if precision.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=memory_format)
+        self.compiled = None  # torch.compile'd model (--compile); compiled at the first call, eager if that fails
+        if compile_model:
+            try:
+                self.compiled = torch.compile(self.model)
+            except Exception as err:  # noqa: BLE001 - unsupported Python/platform: predict eagerly
+                self._compile_failed(err)
 
     @classmethod
     def from_folder(cls, path: Path, device: str = "auto", precision: str = "auto", tile: str = "auto",
                     overlap: float | None = None, tta: bool = False, threshold: float | None = None,
-                    batch_size: int = 4) -> "Predictor":
+                    batch_size: int = 4, compile_model: bool = False) -> "Predictor":
         """Load a model folder. tile: 'auto' (the model's default), 'off', or a size in pixels."""
         from .checkpoint import load_model_folder
         from .model import pick_device, pick_precision
         from .transforms import from_dict
 
         loaded = load_model_folder(path)
+        try:
+            eval_pipeline = from_dict(loaded.meta["pipeline"]["eval"])
+        except Exception as err:  # noqa: BLE001 - Albumentations raises many types for a damaged description
+            raise ModelFolderError(f"{loaded.path / 'unetcli.json'}: the eval pipeline cannot be rebuilt "
+                                   f"({type(err).__name__}: {err}); the model folder is damaged") from None
         dev = pick_device(device)
         defaults = loaded.meta.get("tile", {})
-        return cls(loaded.model, loaded.class_map, from_dict(loaded.meta["pipeline"]["eval"]), loaded.in_channels,
+        if not isinstance(defaults, dict):
+            defaults = {}
+        return cls(loaded.model, loaded.class_map, eval_pipeline, loaded.in_channels,
                    dev, pick_precision(precision, dev),
                    loaded.threshold if threshold is None else check_threshold(threshold),
                    parse_tile(tile, defaults.get("size", 512)),
-                   defaults.get("overlap", 0.25) if overlap is None else check_overlap(overlap), tta, batch_size)
+                   defaults.get("overlap", 0.25) if overlap is None else check_overlap(overlap), tta, batch_size,
+                   compile_model)
 
     def preprocess(self, image: np.ndarray, path: Path | str = "image") -> np.ndarray:
         """H x W x C stored image -> C x H' x W' float32, normalised and padded to the stride."""
@@ -128,10 +142,23 @@ class Predictor:
         with torch.inference_mode(), self.precision.autocast(self.device):
             if self.tta:
                 flips = ((), (3,), (2,), (2, 3))
-                out = sum(self._flipped(self.model(self._flipped(x, dims)).float(), dims) for dims in flips) / len(flips)
+                out = sum(self._flipped(self._forward(self._flipped(x, dims)).float(), dims) for dims in flips) / len(flips)
             else:
-                out = self.model(x)
+                out = self._forward(x)
         return out[:, :, :height, :width].float().cpu()
+
+    def _forward(self, x):
+        if self.compiled is not None:
+            try:
+                return self.compiled(x)
+            except Exception as err:  # noqa: BLE001 - no C++ compiler, unsupported op, ...: predict eagerly
+                self._compile_failed(err)
+        return self.model(x)
+
+    def _compile_failed(self, err: Exception) -> None:
+        self.compiled = None
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        print(f"warning: --compile failed ({type(err).__name__}: {reason}); predicting without it", file=sys.stderr, flush=True)
 
     @staticmethod
     def _flipped(x, dims):
@@ -348,6 +375,7 @@ def predict_files(predictor: Predictor, paths: list[Path], options: PredictOptio
         raise OutputError(f"{options.out_dir}: cannot create the output folder ({err.strerror})") from None
     if not os.access(options.out_dir, os.W_OK):
         raise OutputError(f"{options.out_dir}: the output folder is not writable; choose another -o folder")
+    remove_stale_temp_files(options.out_dir)  # left by a predict that was killed while writing
 
     todo = []
     for path in paths:

@@ -1,8 +1,10 @@
-"""Pictures drawn with OpenCV (no plotting dependency): training curves and image | truth | prediction grids."""
+"""Pictures drawn with OpenCV (no plotting dependency): training curves, image | truth | prediction grids and
+the evaluation report (Dice per class, confusion matrix, worst images)."""
 
 from __future__ import annotations
 
 import math
+import unicodedata
 
 import cv2
 import numpy as np
@@ -93,3 +95,203 @@ def example_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], colours:
     for k, label in enumerate(("image", "truth", "prediction")):
         _text(header, label, (6 + k * (lines[0].shape[1] // 3), 16))
     return np.concatenate([header, *lines], axis=0)
+
+
+# ------------------------------------------------------------------------------------ evaluation report
+
+INK, GREY, LIGHT = (30, 30, 30), (110, 110, 110), (225, 225, 225)
+BAR = (70, 130, 180)
+THUMB_BOX = (120, 240)  # each thumbnail is scaled to fit this height and width
+
+
+def _ascii(text: str, limit: int) -> str:
+    """Hershey fonts draw ASCII only; long names are shortened to `limit` characters."""
+    text = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode() if not str(text).isascii() else str(text)
+    text = "".join(c if 32 <= ord(c) < 127 else "?" for c in text) or "?"
+    return text if len(text) <= limit else text[: limit - 2] + ".."
+
+
+def _width(text: str, scale: float) -> int:
+    return cv2.getTextSize(text, FONT, scale, 1)[0][0]
+
+
+def _blank(height: int, width: int) -> np.ndarray:
+    return np.full((height, width, 3), 255, np.uint8)
+
+
+def _paste(canvas: np.ndarray, tile: np.ndarray, x: int, y: int) -> None:
+    canvas[y:y + tile.shape[0], x:x + tile.shape[1]] = tile
+
+
+def _vertical_text(text: str, scale: float, colour=INK) -> np.ndarray:
+    """Text reading bottom to top, on white."""
+    (w, h), base = cv2.getTextSize(text, FONT, scale, 1)
+    strip = _blank(h + base + 4, w + 4)
+    _text(strip, text, (2, h + 2), scale, colour)
+    return cv2.rotate(strip, cv2.ROTATE_90_COUNTERCLOCKWISE)
+
+
+def _count(value: int) -> str:
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= limit:
+            return f"{value / limit:.3g}{suffix}"
+    return str(int(value))
+
+
+def _dice_bars(summary: dict, colours: list) -> np.ndarray:
+    """Horizontal bars: micro Dice per class, with the class colour as a swatch before the name."""
+    names = [_ascii(n, 22) for n in summary["classes"]]
+    dices = [entry["dice"] for entry in summary["classes"].values()]
+    label_w = max(_width(n, 0.5) for n in names) + 34
+    bar_w, row_h, top = 260, 28, 44
+    canvas = _blank(top + row_h * len(names) + 34, label_w + bar_w + 70)
+    mean = summary.get("mean_dice")
+    _text(canvas, "Dice per class" + (f"  (mean {mean:.3f})" if mean is not None else ""), (10, 24), 0.6, INK)
+    x0 = label_w
+    for k, (name, dice) in enumerate(zip(names, dices)):
+        y = top + k * row_h
+        swatch = tuple(int(c) for c in colours[k]) if k < len(colours) else PALETTE[k % len(PALETTE)]
+        cv2.rectangle(canvas, (10, y + 6), (24, y + 20), swatch, -1)
+        cv2.rectangle(canvas, (10, y + 6), (24, y + 20), GREY, 1)
+        _text(canvas, name, (32, y + 19), 0.5, INK)
+        cv2.rectangle(canvas, (x0, y + 4), (x0 + bar_w, y + 22), (242, 242, 242), -1)
+        if dice is None:
+            _text(canvas, "n/a (absent)", (x0 + 6, y + 18), 0.45, GREY)
+            continue
+        cv2.rectangle(canvas, (x0, y + 4), (x0 + int(round(bar_w * dice)), y + 22), BAR, -1)
+        _text(canvas, f"{dice:.3f}", (x0 + bar_w + 8, y + 19), 0.5, INK)
+    axis_y = top + row_h * len(names) + 4
+    cv2.line(canvas, (x0, axis_y), (x0 + bar_w, axis_y), GREY, 1)
+    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
+        x = x0 + int(round(bar_w * frac))
+        cv2.line(canvas, (x, axis_y), (x, axis_y + 4), GREY, 1)
+        label = f"{frac:g}"
+        _text(canvas, label, (x - _width(label, 0.4) // 2, axis_y + 18), 0.4, GREY)
+    return canvas
+
+
+def _cell_colour(share: float) -> tuple[int, int, int]:
+    """White (0) through light blue to dark blue (1)."""
+    stops = np.array([(255, 255, 255), (158, 202, 225), (33, 113, 181), (8, 48, 107)], np.float64)
+    position = min(max(share, 0.0), 1.0) * (len(stops) - 1)
+    low = min(int(position), len(stops) - 2)
+    mix = stops[low] + (stops[low + 1] - stops[low]) * (position - low)
+    return tuple(int(round(c)) for c in mix)
+
+
+def _confusion(matrix: list, names: list[str]) -> np.ndarray:
+    """Row-normalised confusion matrix (rows: truth, columns: prediction), share and count in each cell."""
+    counts = np.asarray(matrix, np.int64)
+    n = len(names)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.full(counts.shape, np.nan), where=totals > 0)
+    names = [_ascii(name, 18) for name in names]
+    cell = int(min(max(380 // max(n, 1), 18), 84))
+    row_label_w = max(_width(name, 0.45) for name in names) + 12
+    vertical = any(_width(name, 0.45) > cell - 6 for name in names)
+    col_label_h = max(_width(name, 0.45) for name in names) + 10 if vertical else 22
+    left, top = 30 + row_label_w, 44 + 20 + col_label_h
+    heading = "confusion matrix (share of each true class)"
+    canvas = _blank(top + n * cell + 14, max(left + n * cell + 14, _width(heading, 0.6) + 20))
+    _text(canvas, heading, (10, 24), 0.6, INK)
+    title = "prediction"
+    _text(canvas, title, (left + (n * cell - _width(title, 0.5)) // 2, 56), 0.5, GREY)
+    label = _vertical_text("truth", 0.5, GREY)
+    _paste(canvas, label, 6, top + max(0, (n * cell - label.shape[0]) // 2))
+    for j, name in enumerate(names):
+        x = left + j * cell
+        if vertical:
+            text = _vertical_text(name, 0.45)
+            _paste(canvas, text, x + (cell - text.shape[1]) // 2, top - 4 - text.shape[0])
+        else:
+            _text(canvas, name, (x + (cell - _width(name, 0.45)) // 2, top - 8), 0.45, INK)
+    for i, name in enumerate(names):
+        y = top + i * cell
+        _text(canvas, name, (left - 8 - _width(name, 0.45), y + cell // 2 + 5), 0.45, INK)
+        for j in range(n):
+            x, share = left + j * cell, shares[i, j]
+            fill = (240, 240, 240) if np.isnan(share) else _cell_colour(share)
+            cv2.rectangle(canvas, (x, y), (x + cell, y + cell), fill, -1)
+            ink = (255, 255, 255) if not np.isnan(share) and share > 0.45 else INK
+            if cell >= 44:
+                main = "-" if np.isnan(share) else f"{100 * share:.0f}%" if share in (0, 1) else f"{100 * share:.1f}%"
+                dy = -4 if cell >= 56 else 5
+                _text(canvas, main, (x + (cell - _width(main, 0.45)) // 2, y + cell // 2 + dy), 0.45, ink)
+                if cell >= 56:
+                    count = _count(counts[i, j])
+                    _text(canvas, count, (x + (cell - _width(count, 0.38)) // 2, y + cell // 2 + 14), 0.38,
+                          ink if ink != INK else GREY)
+    for k in range(n + 1):
+        cv2.line(canvas, (left, top + k * cell), (left + n * cell, top + k * cell), (200, 200, 200), 1)
+        cv2.line(canvas, (left + k * cell, top), (left + k * cell, top + n * cell), (200, 200, 200), 1)
+    return canvas
+
+
+def _fit(array: np.ndarray, nearest: bool) -> np.ndarray:
+    scale = min(THUMB_BOX[0] / array.shape[0], THUMB_BOX[1] / array.shape[1])
+    size = (max(1, int(round(array.shape[1] * scale))), max(1, int(round(array.shape[0] * scale))))
+    return cv2.resize(array, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+
+
+def _worst_block(rank: int, worst, colours: np.ndarray) -> np.ndarray:
+    """One worst image: a caption above image | truth | prediction (truth | prediction without an image)."""
+    tiles = [] if worst.image is None else [_fit(_as_rgb(worst.image), nearest=False)]
+    for ids in (worst.truth, worst.pred):
+        tiles.append(_fit(colours[np.where(ids == 255, 0, ids)], nearest=True))
+    labels = ["image", "truth", "prediction"][-len(tiles):]
+    height, gap = max(t.shape[0] for t in tiles), 6
+    block = _blank(height + 46, sum(t.shape[1] + gap for t in tiles) + 2)
+    caption = f"{rank}. {_ascii(worst.stem, 40)}   Dice {worst.dice:.3f}"
+    _text(block, caption, (2, 15), 0.48, INK)
+    x = 1
+    for tile, label in zip(tiles, labels):
+        _text(block, label, (x, 35), 0.4, GREY)
+        _paste(block, tile, x, 42)
+        cv2.rectangle(block, (x - 1, 41), (x + tile.shape[1], 42 + tile.shape[0]), (170, 170, 170), 1)
+        x += tile.shape[1] + gap
+    return block
+
+
+def evaluation_report(summary: dict, worst: list, class_colours: list, source: str = "") -> np.ndarray:
+    """One RGB picture of an evaluation: Dice per class, the confusion matrix and the worst images."""
+    names = list(summary["classes"])
+    colours = np.asarray([tuple(c) for c in class_colours] or [PALETTE[k % len(PALETTE)] for k in range(len(names))], np.uint8)
+    bars, matrix = _dice_bars(summary, colours), _confusion(summary["confusion_matrix"], names)
+    blocks = [_worst_block(k + 1, w, colours) for k, w in enumerate(worst)]
+    margin = 16
+    width = max(bars.shape[1] + matrix.shape[1] + 3 * margin, 2 * margin + max((b.shape[1] for b in blocks), default=0), 1000)
+    # worst images side by side as far as the width allows
+    lines: list[list[np.ndarray]] = []
+    for block in blocks:
+        if lines and sum(b.shape[1] + 24 for b in lines[-1]) + block.shape[1] <= width - 2 * margin:
+            lines[-1].append(block)
+        else:
+            lines.append([block])
+    header_h, panels_h = 64, max(bars.shape[0], matrix.shape[0])
+    worst_h = 40 + sum(max(b.shape[0] for b in line) + 12 for line in lines) if blocks else 0
+    canvas = _blank(header_h + panels_h + worst_h + margin, width)
+    mean_iou = summary.get("mean_iou")
+    title = (f"{summary['images']} images   mean Dice {_fmt3(summary.get('mean_dice'))}   mean IoU {_fmt3(mean_iou)}   "
+             f"pixel error {_fmt3(summary.get('pixel_error'))}")
+    _text(canvas, title, (margin, 28), 0.7, INK)
+    if source:
+        _text(canvas, _ascii(source, 120), (margin, 52), 0.45, GREY)
+    cv2.line(canvas, (margin, header_h - 4), (width - margin, header_h - 4), LIGHT, 1)
+    _paste(canvas, bars, margin, header_h)
+    _paste(canvas, matrix, 2 * margin + bars.shape[1], header_h)
+    if blocks:
+        y = header_h + panels_h + 8
+        cv2.line(canvas, (margin, y), (width - margin, y), LIGHT, 1)
+        _text(canvas, "worst images (lowest foreground Dice)", (margin + 10, y + 26), 0.6, INK)
+        y += 40
+        for line in lines:
+            x = margin + 10
+            for block in line:
+                _paste(canvas, block, x, y)
+                x += block.shape[1] + 24
+            y += max(b.shape[0] for b in line) + 12
+    return canvas
+
+
+def _fmt3(value) -> str:
+    return "-" if value is None else f"{value:.3f}"

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,12 +67,13 @@ class TrainOptions:
     device: str = "auto"
     precision: str = "auto"
     workers: int | None = None  # DataLoader workers; None = 0 on CPU, 4 on GPU
+    compile: bool = False  # torch.compile the training forward/backward; eager if compiling fails
     overwrite: bool = False
     resume: bool = False  # continue `out` from its model-last/ (see `resume_options`)
 
 
 # Options a resumed run may change; everything else must stay as the run was started.
-RESUMABLE_CHANGES = ("epochs", "patience", "min_delta", "time_limit", "device", "precision", "workers")
+RESUMABLE_CHANGES = ("epochs", "patience", "min_delta", "time_limit", "device", "precision", "workers", "compile")
 
 
 class TrainingInterrupted(UnetcliError):
@@ -80,10 +82,13 @@ class TrainingInterrupted(UnetcliError):
 
 def resume_options(run: Path, changes: dict) -> TrainOptions:
     """The options a run was started with, plus the allowed `changes`; other changes are refused."""
-    from .checkpoint import read_meta
+    from .checkpoint import read_meta, recover_folder
 
     run = Path(run)
     last = run / "model-last"
+    if run.is_dir():  # repair a save that was killed half-way (SIGKILL, power loss)
+        recover_folder(last)
+        recover_folder(run / "model-best")
     if not (last / TRAIN_STATE_FILE).is_file():
         raise UsageError(f"{run}: nothing to resume (no model-last/{TRAIN_STATE_FILE}); start a new run without --resume")
     stored = dict(read_meta(last).get("training", {}))
@@ -209,6 +214,8 @@ def _check_run_folder(options: TrainOptions) -> None:
     if out.exists() and any(out.iterdir()) and not options.overwrite:
         raise UsageError(f"{out}: the run folder already exists and is not empty; choose another -o or pass --overwrite")
     parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise OutputError(f"{out}: cannot create the run folder ({parent} is a file, not a folder); choose another -o")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"{out}: cannot create the run folder ({parent} is not writable); choose another -o")
 
@@ -442,7 +449,9 @@ def train(options: TrainOptions) -> Iterator:
         if progress.epoch >= options.epochs:
             raise UsageError(f"{options.out}: the run already finished {progress.epoch} epochs; "
                              f"raise --epochs above {progress.epoch} to train on")
-    trained = dist.wrap(model)
+    eager = trained = dist.wrap(model)
+    if options.compile:
+        trained = torch.compile(eager)  # compiles at the first step; see the fallback in the loop
 
     weight_maps = ([border_weight_map(s.mask, options.border_w0, options.border_sigma) for s in scan.samples]
                    if options.border_weight else None)
@@ -470,6 +479,7 @@ def train(options: TrainOptions) -> Iterator:
     start = time.monotonic()
     reason = "completed"
     stop = _StopRequest()
+    done_before, tail = progress.epoch, 0.0  # tail: seconds the last validation + save took
 
     def save_last(metrics: dict) -> None:
         if dist.main:
@@ -499,10 +509,24 @@ def train(options: TrainOptions) -> Iterator:
                 lr = _learning_rate(options.lr, fraction)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                running.append(_train_step(trained, batch, loss_fn, optimizer, scaler, precision, device, options,
-                                           class_map.is_binary))
+                try:
+                    running.append(_train_step(trained, batch, loss_fn, optimizer, scaler, precision, device, options,
+                                               class_map.is_binary))
+                except Exception as err:  # noqa: BLE001 - torch.compile fails at its first call (no C++ compiler, ...)
+                    if trained is eager or running:
+                        raise
+                    trained = eager
+                    reason = (str(err).strip().splitlines() or [""])[0][:200]
+                    print(f"warning: --compile failed ({type(err).__name__}: {reason}); training without it",
+                          file=sys.stderr, flush=True)
+                    running.append(_train_step(trained, batch, loss_fn, optimizer, scaler, precision, device, options,
+                                               class_map.is_binary))
                 progress.step += 1
                 yield BatchDone(epoch, step, steps_per_epoch, running[-1])
+                # an epoch longer than the time left ends early, leaving time to validate and save it
+                if options.time_limit and dist.from_main(time.monotonic() - start + tail > options.time_limit):
+                    break
+            tail_start = time.monotonic()
             train_loss = dist.mean(float(np.mean(running)))
 
             val_loss, dice, iou, score, examples = None, [], [], -train_loss, []
@@ -530,6 +554,7 @@ def train(options: TrainOptions) -> Iterator:
                 save_last(metrics)
                 _write_history(run_dir / "history.csv", progress.history)
                 write_png(run_dir / "curves.png", training_curves(progress.history))
+            tail = time.monotonic() - tail_start
             yield EpochDone(epoch, options.epochs, train_loss, val_loss, dice, iou, score, is_best, lr, seconds)
             if dist.any(stop.requested is not None):
                 raise TrainingInterrupted(f"interrupted ({stop.requested or 'by another rank'}) after epoch {epoch}; "
@@ -538,7 +563,7 @@ def train(options: TrainOptions) -> Iterator:
             if dist.from_main(options.patience is not None and progress.stale >= options.patience):
                 reason = "early stop"
                 break
-            if dist.from_main(bool(options.time_limit) and elapsed + elapsed / epoch > (options.time_limit or 0)):
+            if dist.from_main(bool(options.time_limit) and elapsed + elapsed / (epoch - done_before) > (options.time_limit or 0)):
                 reason = "time limit"
                 break
         dist.barrier()
