@@ -27,6 +27,8 @@ from .masks import ClassMap
 from .tiling import blend, pad_for_grid, plan_tiles
 
 SAVE_KINDS = ("mask", "color", "overlay")
+TILE_PIXELS_PER_FORWARD = 2 ** 21  # tiles per forward pass: at most 2 MP (2 tiles of 1024^2), which bounds activation memory
+PREFETCH_BYTES = 256 * 2 ** 20  # decoded images held ahead of the network: at most this much (but at least one image)
 
 
 def match_channels(image: np.ndarray, channels: int, path: Path | str) -> np.ndarray:
@@ -190,7 +192,8 @@ class Predictor:
             return self.logits(batch, self.tile, self.tile).numpy()
 
         channels = 1 if self.class_map.is_binary else self.class_map.num_classes
-        return blend(pad_for_grid(image, grid), grid, forward, channels, self._ids_from_blended, self.batch_size)
+        per_forward = max(1, min(self.batch_size, TILE_PIXELS_PER_FORWARD // self.tile ** 2))
+        return blend(pad_for_grid(image, grid), grid, forward, channels, self._ids_from_blended, per_forward)
 
     def _ids_from_blended(self, logits: np.ndarray) -> np.ndarray:
         """(K, rows, W) blended logits -> (rows, W) ids; same rule as `ids_from_logits`."""
@@ -349,15 +352,20 @@ def _read(path: Path):
         return None, err
 
 
-def prefetch(executor, function, items: list, depth: int) -> Iterator:
-    """Like executor.map, but at most `depth` results are held ahead of the consumer (bounded memory)."""
+def prefetch(executor, function, items: list, depth: int, size_of=None, budget: int = PREFETCH_BYTES) -> Iterator:
+    """Like executor.map, but at most `depth` results are held ahead of the consumer (bounded memory), and with
+    `size_of(result)` (bytes) only as many as fit `budget` at the size of the latest result, at least one: huge
+    images are decoded one ahead, small ones `depth` ahead."""
     queue: deque = deque()
     iterator = iter(items)
-    for item in itertools.islice(iterator, depth):
+    ahead = depth if size_of is None else min(depth, 2)  # sizes are unknown until the first result
+    for item in itertools.islice(iterator, ahead):
         queue.append(executor.submit(function, item))
     while queue:
         result = queue.popleft().result()
-        for item in itertools.islice(iterator, 1):
+        if size_of is not None:
+            ahead = max(1, min(depth, budget // max(1, size_of(result))))
+        for item in itertools.islice(iterator, max(0, ahead - len(queue))):
             queue.append(executor.submit(function, item))
         yield result
 
@@ -385,7 +393,8 @@ def predict_files(predictor: Predictor, paths: list[Path], options: PredictOptio
             todo.append(path)
 
     with ThreadPoolExecutor(max_workers=2) as readers, ThreadPoolExecutor(max_workers=2) as writers:
-        decoded = prefetch(readers, _read, todo, depth=2 * options.batch_size)  # runs ahead of the network
+        decoded = prefetch(readers, _read, todo, depth=2 * options.batch_size,  # runs ahead of the network
+                           size_of=lambda read: read[0].nbytes if read[0] is not None else 0)
         pending: list = []  # (path, image) of one size, waiting to fill a batch
         writes: list = []
 
@@ -413,7 +422,8 @@ def predict_files(predictor: Predictor, paths: list[Path], options: PredictOptio
                     flush()
                 pending.append((path, image))
             # yield finished writes; wait for them when too many masks would pile up in memory
-            while writes and (writes[0].done() or len(writes) > 2 * options.batch_size):
+            held = 2 * options.batch_size if image.nbytes < PREFETCH_BYTES // 2 else 1  # huge images: one write behind
+            while writes and (writes[0].done() or len(writes) > held):
                 yield writes.pop(0).result()
         if pending:
             flush()

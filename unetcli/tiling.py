@@ -73,15 +73,37 @@ def mirror_indices(length: int, before: int, total: int) -> np.ndarray:
     return np.where(position < length, position, period - position)
 
 
-def pad_for_grid(image: np.ndarray, grid: TileGrid) -> np.ndarray:
-    """Mirror the image at its borders (reflect without repeating the edge) so that every tile lies inside it."""
-    rows = mirror_indices(grid.height, grid.margin, grid.padded_height)
-    cols = mirror_indices(grid.width, grid.margin, grid.padded_width)
-    return np.take(np.take(image, rows, axis=0), cols, axis=1)
+class MirroredImage:
+    """The image mirrored at its borders (reflect without repeating the edge) so that every tile of `grid` lies
+    inside it; `[rows, cols]` slices cut tiles on demand, so a huge image is never copied whole."""
+
+    def __init__(self, image: np.ndarray, grid: TileGrid):
+        self.image = image
+        self.rows = mirror_indices(grid.height, grid.margin, grid.padded_height)
+        self.cols = mirror_indices(grid.width, grid.margin, grid.padded_width)
+
+    def __getitem__(self, index: tuple[slice, slice]) -> np.ndarray:
+        rows, cols = self.rows[index[0]], self.cols[index[1]]
+        if _contiguous(rows) and _contiguous(cols):  # inside the image: a view
+            return self.image[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+        return self.image[np.ix_(rows, cols)]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[:, :]
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def _contiguous(indices: np.ndarray) -> bool:
+    return bool(indices[-1] - indices[0] == len(indices) - 1 and np.all(np.diff(indices) == 1))
+
+
+def pad_for_grid(image: np.ndarray, grid: TileGrid) -> MirroredImage:
+    """Mirror the image at its borders so that every tile lies inside it (lazily: tiles are cut when sliced)."""
+    return MirroredImage(image, grid)
 
 
 def blend(
-    padded: np.ndarray,
+    padded: np.ndarray | MirroredImage,
     grid: TileGrid,
     forward: Callable[[list[np.ndarray]], np.ndarray],
     channels: int,
