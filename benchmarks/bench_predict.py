@@ -8,8 +8,12 @@
    is excluded) versus this machine's bf16 convolution peak (a large channels_last conv).
 3. bf16 vs fp32: the share of pixels whose class differs (membrane test slices).
 4. Peak RSS and wall time for one 8192x8192 RGB image (overlap-tile path).
+5. --compile (torch.compile) against eager: steady-state images/s on membrane slices at the default
+   precision, the one-off compile time, and the share of pixels whose class differs from eager.
+6. Tiled against whole-image prediction (fp32) on a 2048x2048 mosaic of membrane test slices: the share of
+   equal pixels with the model's default tiles (auto) and with 512-pixel tiles.
 
-Usage: python benchmarks/bench_predict.py --model runs/membrane/model-last [--skip-large]
+Usage: python benchmarks/bench_predict.py --model runs/membrane/model-last [--parts large,compile] [--skip-large]
 Without --model, a model is trained for --train-minutes on the membrane data first.
 """
 
@@ -18,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -61,6 +64,9 @@ with torch.no_grad():
 '''
 
 
+PARTS = ("throughput", "bf16", "large", "compile", "tiling")  # throughput includes the GFLOP/s figures
+
+
 def timed(command: list[str], **kwargs) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, **kwargs)
@@ -84,6 +90,7 @@ def make_inputs(folder: Path, count: int) -> list[Path]:
 
 def model_gflops(model_dir: Path, size: int = 512) -> float:
     import torch
+    import torch.utils.flop_counter
 
     from unetcli.checkpoint import load_model_folder
 
@@ -139,6 +146,55 @@ def peak_rss_of(command: list[str]) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 1024
 
 
+def compile_against_eager(model_dir: Path, images: list[Path], batch_size: int = 4) -> dict:
+    """In one process: eager and compiled Predictors at the default precision on the same decoded slices, each
+    warmed up on one batch first (the compiled one's warm-up is the compile), then timed over all of them."""
+    from unetcli.images import read_image
+    from unetcli.predict import Predictor
+
+    decoded = [read_image(path) for path in images]
+    batches = [decoded[i: i + batch_size] for i in range(0, len(decoded), batch_size)]
+    figures: dict = {}
+    masks = {}
+    for name, compiled in (("eager", False), ("compiled", True)):
+        predictor = Predictor.from_folder(model_dir, compile_model=compiled, batch_size=batch_size)
+        start = time.perf_counter()
+        predictor.predict_batch(batches[0])
+        figures[f"{name}_first_batch_s"] = round(time.perf_counter() - start, 2)
+        start = time.perf_counter()
+        masks[name] = np.concatenate([predictor.predict_batch(batch) for batch in batches])
+        figures[f"{name}_img_per_s"] = round(len(decoded) / (time.perf_counter() - start), 2)
+        if compiled and predictor.compiled is None:
+            figures["compile_failed"] = True
+        figures["precision"] = predictor.precision.name
+    figures["speedup"] = round(figures["compiled_img_per_s"] / figures["eager_img_per_s"], 2)
+    figures["pixels_differing_from_eager"] = round(float(np.mean(masks["eager"] != masks["compiled"])), 6)
+    return figures
+
+
+def tiled_against_whole(model_dir: Path, size: int = 2048) -> dict:
+    """fp32 whole-image prediction of a size x size mosaic of test slices (mirrored so edges continue) against
+    the model's default tiles and 512-pixel tiles: the share of pixels with the same class."""
+    from unetcli.predict import Predictor
+
+    slices = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in sorted((MEMBRANE / "test" / "images").glob("*.png"))]
+    rows = []
+    for r in range(-(-size // 512)):
+        blocks = [slices[(r * 7 + c) % len(slices)] for c in range(-(-size // 512))]
+        rows.append(np.concatenate([b[::-1 if r % 2 else 1, ::-1 if c % 2 else 1] for c, b in enumerate(blocks)], axis=1))
+    image = np.ascontiguousarray(np.concatenate(rows, axis=0)[:size, :size, None])
+    start = time.perf_counter()
+    whole = Predictor.from_folder(model_dir, precision="fp32", tile="off").predict_image(image)
+    figures = {"size": size, "whole_s": round(time.perf_counter() - start, 1)}
+    for tile in ("auto", "512"):
+        predictor = Predictor.from_folder(model_dir, precision="fp32", tile=tile)
+        start = time.perf_counter()
+        tiled = predictor.predict_image(image)
+        figures[f"tile_{predictor.tile}_s"] = round(time.perf_counter() - start, 1)
+        figures[f"tile_{predictor.tile}_pixels_equal"] = round(float(np.mean(tiled == whole)), 6)
+    return figures
+
+
 def train_model(folder: Path, minutes: float) -> Path:
     data = folder / "membrane"
     for sub in ("images", "masks"):
@@ -155,6 +211,8 @@ def main() -> None:
     parser.add_argument("--train-minutes", type=float, default=3.0)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--skip-large", action="store_true", help="skip the 8192x8192 image")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)} (default: all)")
+    parser.add_argument("--compile-images", type=int, default=32, help="membrane slices for the compile comparison")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "predict.json")
     args = parser.parse_args()
     if not MEMBRANE.is_dir():
@@ -166,38 +224,47 @@ def main() -> None:
         inputs = make_inputs(scratch / "inputs", args.images)
         few = inputs[:8]
 
-        # 1. throughput, side by side
-        plain_script = scratch / "plain_loop.py"
-        plain_script.write_text(PLAIN_LOOP)
-        plain_s, _ = timed([sys.executable, str(plain_script), str(model), str(scratch / "plain")] + [str(p) for p in inputs])
-        ours_s, _ = timed(UNETCLI + ["predict", str(model), str(scratch / "inputs"), "-o", str(scratch / "ours"), "-q"])
-        few_s, _ = timed(UNETCLI + ["predict", str(model), *map(str, few), "-o", str(scratch / "few"), "-q"])
-        results["throughput"] = {
-            "images": len(inputs), "unetcli_s": round(ours_s, 2), "plain_loop_s": round(plain_s, 2),
-            "unetcli_img_per_s": round(len(inputs) / ours_s, 2), "plain_img_per_s": round(len(inputs) / plain_s, 2),
-            "speedup": round(plain_s / ours_s, 2),
-        }
-        agree = np.mean([(cv2.imread(str(scratch / "ours" / p.name), 0) == cv2.imread(str(scratch / "plain" / p.name), 0)).mean()
-                         for p in inputs])
-        results["throughput"]["pixels_equal_to_plain_fp32"] = round(float(agree), 5)
+        parts = {part.strip() for part in args.parts.split(",") if part.strip()}
+        if parts - set(PARTS):
+            raise SystemExit(f"--parts: unknown {', '.join(sorted(parts - set(PARTS)))}; choose from {', '.join(PARTS)}")
+        if args.skip_large:
+            parts.discard("large")
+        results["model"] = str(args.model) if args.model else f"trained for {args.train_minutes} min"
 
-        # 2. achieved GFLOP/s against the conv peak
-        gflop_per_image = model_gflops(model)
-        marginal = (ours_s - few_s) / (len(inputs) - len(few))
-        peak = conv_peak_gflops()
-        results["gflops"] = {
-            "model_gflop_per_512px_image": round(gflop_per_image, 2),
-            "achieved_gflops_marginal": round(gflop_per_image / marginal, 1),
-            "achieved_gflops_whole_process": round(gflop_per_image * len(inputs) / ours_s, 1),
-            "bf16_conv_peak_gflops": round(peak, 1),
-            "share_of_peak_marginal": round(gflop_per_image / marginal / peak, 3),
-        }
+        # 1. throughput, side by side
+        if "throughput" in parts:
+            plain_script = scratch / "plain_loop.py"
+            plain_script.write_text(PLAIN_LOOP)
+            plain_s, _ = timed([sys.executable, str(plain_script), str(model), str(scratch / "plain")] + [str(p) for p in inputs])
+            ours_s, _ = timed(UNETCLI + ["predict", str(model), str(scratch / "inputs"), "-o", str(scratch / "ours"), "-q"])
+            few_s, _ = timed(UNETCLI + ["predict", str(model), *map(str, few), "-o", str(scratch / "few"), "-q"])
+            results["throughput"] = {
+                "images": len(inputs), "unetcli_s": round(ours_s, 2), "plain_loop_s": round(plain_s, 2),
+                "unetcli_img_per_s": round(len(inputs) / ours_s, 2), "plain_img_per_s": round(len(inputs) / plain_s, 2),
+                "speedup": round(plain_s / ours_s, 2),
+            }
+            agree = np.mean([(cv2.imread(str(scratch / "ours" / p.name), 0) == cv2.imread(str(scratch / "plain" / p.name), 0)).mean()
+                             for p in inputs])
+            results["throughput"]["pixels_equal_to_plain_fp32"] = round(float(agree), 5)
+
+            # 2. achieved GFLOP/s against the conv peak
+            gflop_per_image = model_gflops(model)
+            marginal = (ours_s - few_s) / (len(inputs) - len(few))
+            peak = conv_peak_gflops()
+            results["gflops"] = {
+                "model_gflop_per_512px_image": round(gflop_per_image, 2),
+                "achieved_gflops_marginal": round(gflop_per_image / marginal, 1),
+                "achieved_gflops_whole_process": round(gflop_per_image * len(inputs) / ours_s, 1),
+                "bf16_conv_peak_gflops": round(peak, 1),
+                "share_of_peak_marginal": round(gflop_per_image / marginal / peak, 3),
+            }
 
         # 3. bf16 against fp32
-        results["bf16_pixels_differing_from_fp32"] = round(class_agreement(model, inputs[:10]), 6)
+        if "bf16" in parts:
+            results["bf16_pixels_differing_from_fp32"] = round(class_agreement(model, inputs[:10]), 6)
 
         # 4. one 8192x8192 RGB image through the overlap-tile path
-        if not args.skip_large:
+        if "large" in parts:
             tile = cv2.imread(str(inputs[0]), cv2.IMREAD_GRAYSCALE)
             big = np.tile(tile, (16, 16))
             big = cv2.merge([big, np.roll(big, 3, 1), np.roll(big, 7, 0)])
@@ -205,6 +272,14 @@ def main() -> None:
             del big
             seconds, rss = peak_rss_of(UNETCLI + ["predict", str(model), str(scratch / "big.png"), "-o", str(scratch / "big"), "-q"])
             results["large_8192_rgb"] = {"wall_s": round(seconds, 1), "peak_rss_mb": round(rss)}
+
+        # 5. torch.compile against eager
+        if "compile" in parts:
+            results["compile"] = compile_against_eager(model, inputs[: args.compile_images])
+
+        # 6. tiled against whole
+        if "tiling" in parts:
+            results["tiled_vs_whole"] = tiled_against_whole(model)
     results["load_at_end"] = os.getloadavg()[0]
     print(json.dumps(results, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import numpy as np
 from .errors import DataError, ModelFolderError, OutputError, UnetcliError, UsageError
 from .images import is_image_file, read_image, remove_stale_temp_files, to_unit_range, write_png
 from .masks import ClassMap
-from .tiling import blend, pad_for_grid, plan_tiles
+from .tiling import MirroredImage, blend, plan_tiles
 
 SAVE_KINDS = ("mask", "color", "overlay")
 TILE_PIXELS_PER_FORWARD = 2 ** 21  # tiles per forward pass: at most 2 MP (2 tiles of 1024^2), which bounds activation memory
@@ -193,7 +193,7 @@ class Predictor:
 
         channels = 1 if self.class_map.is_binary else self.class_map.num_classes
         per_forward = max(1, min(self.batch_size, TILE_PIXELS_PER_FORWARD // self.tile ** 2))
-        return blend(pad_for_grid(image, grid), grid, forward, channels, self._ids_from_blended, per_forward)
+        return blend(MirroredImage(image, grid), grid, forward, channels, self._ids_from_blended, per_forward)
 
     def _ids_from_blended(self, logits: np.ndarray) -> np.ndarray:
         """(K, rows, W) blended logits -> (rows, W) ids; same rule as `ids_from_logits`."""

@@ -88,18 +88,15 @@ class MirroredImage:
             return self.image[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
         return self.image[np.ix_(rows, cols)]
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        whole = self[:, :]
-        return whole if dtype is None else whole.astype(dtype)
-
 
 def _contiguous(indices: np.ndarray) -> bool:
     return bool(indices[-1] - indices[0] == len(indices) - 1 and np.all(np.diff(indices) == 1))
 
 
-def pad_for_grid(image: np.ndarray, grid: TileGrid) -> MirroredImage:
-    """Mirror the image at its borders so that every tile lies inside it (lazily: tiles are cut when sliced)."""
-    return MirroredImage(image, grid)
+def pad_for_grid(image: np.ndarray, grid: TileGrid) -> np.ndarray:
+    """The whole padded image that `MirroredImage` cuts tiles from (a copy)."""
+    mirrored = MirroredImage(image, grid)
+    return np.take(np.take(image, mirrored.rows, axis=0), mirrored.cols, axis=1)
 
 
 def blend(
