@@ -21,7 +21,9 @@ TITLES = ("image", "mask (0 / 255)", "prediction overlay")
 
 def panel(array: np.ndarray) -> np.ndarray:
     if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
+        array = array[:, :, None]
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
     return cv2.resize(array[:, :, :3], (CELL, CELL), interpolation=cv2.INTER_NEAREST)
 
 
