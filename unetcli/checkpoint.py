@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .errors import ModelFolderError, OutputError
+from .images import process_alive
 from .masks import ClassMap
 
 FORMAT_NAME = "unetcli-model"
@@ -46,18 +47,6 @@ def unwrap(model):
     return getattr(model, "_orig_mod", model)
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, but not ours
-        return True
-    return True
-
-
 def recover_folder(target: Path) -> None:
     """Undo what a killed `replace_folder` left behind: when `target` was moved aside (`.NAME.old-PID`) but
     not yet replaced, it comes back; temporary folders of processes that are gone are removed."""
@@ -71,7 +60,7 @@ def recover_folder(target: Path) -> None:
             pass
     for path in [*target.parent.glob(f".{target.name}.old-*"), *target.parent.glob(f".{target.name}.tmp-*")]:
         pid = path.name.rpartition("-")[2]
-        if path.exists() and pid.isdigit() and not _alive(int(pid)):
+        if path.exists() and pid.isdigit() and (int(pid) == os.getpid() or not process_alive(int(pid))):
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -31,6 +31,12 @@ class ModelFolderError(UnetcliError):
     exit_code = 4
 
 
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """`Type: first line of the message` of an exception from a library, short enough for one error line."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:limit] if text else ''}"
+
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2

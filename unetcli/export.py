@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import OutputError, UnetcliError, UsageError
+from .errors import OutputError, UnetcliError, UsageError, first_line
 
 FORMATS = ("onnx", "torchscript", "folder")
 SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript",
@@ -127,11 +127,6 @@ def check_batch(meta: dict, shape: tuple[int, int, int] = CHECK_SHAPE, seed: int
     return np.ascontiguousarray(np.stack(images), dtype=np.float32)
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:300] if text else ''}"
-
-
 def _export_onnx(model, dummy, tmp: Path) -> int:
     import torch
 
@@ -146,7 +141,7 @@ def _export_onnx(model, dummy, tmp: Path) -> int:
     except OSError:
         raise
     except Exception as err:  # torch.export / onnxscript raise many kinds
-        raise UnetcliError(f"ONNX export failed ({_first_line(err)}); try --format torchscript, or rerun with "
+        raise UnetcliError(f"ONNX export failed ({first_line(err)}); try --format torchscript, or rerun with "
                            "--debug and report the traceback") from err
     opsets = {entry.domain: entry.version for entry in program.model_proto.opset_import}
     return int(opsets.get("", opsets.get("ai.onnx", 0)))
@@ -161,7 +156,7 @@ def _run_onnx(tmp: Path, batch: np.ndarray) -> np.ndarray:
         session = ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
         out = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
     except Exception as err:  # onnxruntime's own exception types
-        raise ExportCheckError(f"onnxruntime cannot run the exported network ({_first_line(err)}); nothing was "
+        raise ExportCheckError(f"onnxruntime cannot run the exported network ({first_line(err)}); nothing was "
                                "written. Try --format torchscript, or rerun with --debug and report it") from err
     del session  # release the file before it is renamed (Windows)
     return out
@@ -178,7 +173,7 @@ def _export_torchscript(model, dummy, tmp: Path) -> None:
     except OSError:
         raise
     except Exception as err:
-        raise UnetcliError(f"TorchScript export failed ({_first_line(err)}); try --format onnx, or rerun with "
+        raise UnetcliError(f"TorchScript export failed ({first_line(err)}); try --format onnx, or rerun with "
                            "--debug and report the traceback") from err
 
 
@@ -191,7 +186,7 @@ def _run_torchscript(tmp: Path, batch: np.ndarray) -> np.ndarray:
             module = torch.jit.load(str(tmp), map_location="cpu")
             return module(torch.from_numpy(batch)).numpy()
     except Exception as err:
-        raise ExportCheckError(f"the exported TorchScript network cannot be loaded and run ({_first_line(err)}); "
+        raise ExportCheckError(f"the exported TorchScript network cannot be loaded and run ({first_line(err)}); "
                                "nothing was written. Try --format onnx, or rerun with --debug and report it") from err
 
 

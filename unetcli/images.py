@@ -197,7 +197,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise OutputError(f"{path}: cannot write ({err.strerror or err}); check free space and permissions") from None
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -217,7 +217,7 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
         return removed
     for path in candidates:
         pid = path.name[: -len(".tmp")].rpartition(".")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             try:
                 path.unlink()
                 removed.append(path)

@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
-from .errors import DataError, ModelFolderError, OutputError, UnetcliError, UsageError
+from .errors import DataError, ModelFolderError, OutputError, UnetcliError, UsageError, first_line
 from .images import is_image_file, read_image, remove_stale_temp_files, to_unit_range, write_png
 from .masks import ClassMap
 from .tiling import MirroredImage, blend, plan_tiles
@@ -159,8 +159,7 @@ class Predictor:
 
     def _compile_failed(self, err: Exception) -> None:
         self.compiled = None
-        reason = (str(err).strip().splitlines() or [""])[0][:200]
-        print(f"warning: --compile failed ({type(err).__name__}: {reason}); predicting without it", file=sys.stderr, flush=True)
+        print(f"warning: --compile failed ({first_line(err, 200)}); predicting without it", file=sys.stderr, flush=True)
 
     @staticmethod
     def _flipped(x, dims):

@@ -25,7 +25,7 @@ import numpy as np
 
 from .checkpoint import TRAIN_STATE_FILE
 from .data import DatasetScan, Pair, find_pairs, require_clean, resolve_layout, scan_dataset, split_pairs
-from .errors import OutputError, UnetcliError, UsageError
+from .errors import OutputError, UnetcliError, UsageError, first_line
 from .images import encode_png, to_unit_range, write_bytes_atomic, write_png
 from .masks import IGNORE_ID, ClassMap
 from .metrics import confusion_matrix, counts_from_confusion, nanmean, scores_from_counts
@@ -516,9 +516,7 @@ def train(options: TrainOptions) -> Iterator:
                     if trained is eager or running:
                         raise
                     trained = eager
-                    reason = (str(err).strip().splitlines() or [""])[0][:200]
-                    print(f"warning: --compile failed ({type(err).__name__}: {reason}); training without it",
-                          file=sys.stderr, flush=True)
+                    print(f"warning: --compile failed ({first_line(err, 200)}); training without it", file=sys.stderr, flush=True)
                     running.append(_train_step(trained, batch, loss_fn, optimizer, scaler, precision, device, options,
                                                class_map.is_binary))
                 progress.step += 1
