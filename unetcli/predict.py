@@ -188,10 +188,10 @@ class Predictor:
 
         def forward(tiles: list[np.ndarray]) -> np.ndarray:
             batch = np.stack([self.preprocess(tile, path) for tile in tiles])
-            return self.logits(batch, self.tile, self.tile).numpy()
+            return self.logits(batch, grid.tile_height, grid.tile_width).numpy()
 
         channels = 1 if self.class_map.is_binary else self.class_map.num_classes
-        per_forward = max(1, min(self.batch_size, TILE_PIXELS_PER_FORWARD // self.tile ** 2))
+        per_forward = max(1, min(self.batch_size, TILE_PIXELS_PER_FORWARD // (grid.tile_height * grid.tile_width)))
         return blend(MirroredImage(image, grid), grid, forward, channels, self._ids_from_blended, per_forward)
 
     def _ids_from_blended(self, logits: np.ndarray) -> np.ndarray:

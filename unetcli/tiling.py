@@ -4,8 +4,9 @@ The image is cut into overlapping tiles and the tiles' logits are blended with a
 vanish. Tiles lie inside the image padded bottom/right to the network stride (reflect, as for whole images)
 and start at multiples of the stride, so every pixel is predicted with the same borders and the same
 pooling grid as when the image is predicted whole: tiled and whole predictions agree (>= 99.9 % of pixels
-for a trained model), whatever the tile size. Rows of tiles are processed in order and blended in a band
-that is `tile` rows tall: memory grows with the image width, not with its area (the finished class ids are
+for a trained model), whatever the tile size. A tile never exceeds the padded image along either axis, so a
+3 x 100000 strip is cut into 32 x N tiles, not N x N ones. Rows of tiles are processed in order and blended
+in a band one tile tall: memory grows with the image width, not with its area (the finished class ids are
 uint8).
 """
 
@@ -23,26 +24,27 @@ from .transforms import STRIDE
 class TileGrid:
     height: int  # image size
     width: int
-    tile: int  # tile side (a multiple of the network stride)
-    stride: int  # distance between tile origins (a multiple of the network stride)
-    margin: int  # mirrored context added above and left of the image (0: tiles lie inside the image)
-    ys: tuple[int, ...]  # tile origins in padded coordinates
+    tile_height: int  # tile size (multiples of the network stride, at most the padded image)
+    tile_width: int
+    ys: tuple[int, ...]  # tile origins (multiples of the network stride)
     xs: tuple[int, ...]
 
     @property
     def padded_height(self) -> int:
-        return self.ys[-1] + self.tile
+        return self.ys[-1] + self.tile_height
 
     @property
     def padded_width(self) -> int:
-        return self.xs[-1] + self.tile
+        return self.xs[-1] + self.tile_width
 
 
-def _starts(length: int, tile: int, stride: int) -> tuple[int, ...]:
-    """Tile origins in steps of `stride`, the last one flush with the end of `length` padded to the network
-    stride (or with the tile, for lengths below it); all are multiples of the network stride."""
-    extent = max(-(-length // STRIDE) * STRIDE, tile)
-    return tuple(range(0, extent - tile, stride)) + (extent - tile,)
+def _axis(length: int, tile: int, overlap: float) -> tuple[int, tuple[int, ...]]:
+    """(tile size, tile origins) along one axis: the tile clipped to `length` padded to the network stride,
+    origins a multiple of the stride apart, the last one flush with the padded end."""
+    extent = -(-length // STRIDE) * STRIDE
+    tile = min(tile, extent)
+    step = max(STRIDE, int(tile * (1 - overlap)) // STRIDE * STRIDE)
+    return tile, tuple(range(0, extent - tile, step)) + (extent - tile,)
 
 
 def plan_tiles(height: int, width: int, tile: int, overlap: float) -> TileGrid:
@@ -50,22 +52,27 @@ def plan_tiles(height: int, width: int, tile: int, overlap: float) -> TileGrid:
         raise ValueError(f"tile size {tile} must be a positive multiple of {STRIDE}")
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap {overlap} must be in [0, 1)")
-    stride = max(STRIDE, int(tile * (1 - overlap)) // STRIDE * STRIDE)
-    return TileGrid(height, width, tile, stride, 0, _starts(height, tile, stride), _starts(width, tile, stride))
+    tile_height, ys = _axis(height, tile, overlap)
+    tile_width, xs = _axis(width, tile, overlap)
+    return TileGrid(height, width, tile_height, tile_width, ys, xs)
 
 
-def gaussian_weight(tile: int, sigma_scale: float = 0.125) -> np.ndarray:
-    """A (tile, tile) weight peaking at the centre, never below 1e-3 so every pixel gets a weight."""
-    axis = np.arange(tile, dtype=np.float64) - (tile - 1) / 2
-    g = np.exp(-0.5 * (axis / (tile * sigma_scale)) ** 2)
-    weight = np.outer(g, g)
-    return np.maximum(weight / weight.max(), 1e-3).astype(np.float32)
+def _gaussian(length: int, sigma_scale: float) -> np.ndarray:
+    axis = np.arange(length, dtype=np.float64) - (length - 1) / 2
+    g = np.exp(-0.5 * (axis / (length * sigma_scale)) ** 2)
+    return g / g.max()
 
 
-def mirror_indices(length: int, before: int, total: int) -> np.ndarray:
-    """Source index of each of `total` padded positions when `before` mirrored pixels precede `length`
-    real ones (reflect without repeating the edge pixel, to any depth)."""
-    position = np.arange(total) - before
+def gaussian_weight(height: int, width: int, sigma_scale: float = 0.125) -> np.ndarray:
+    """A (height, width) weight peaking at the centre, never below 1e-3 so every pixel gets a weight."""
+    weight = np.outer(_gaussian(height, sigma_scale), _gaussian(width, sigma_scale))
+    return np.maximum(weight, 1e-3).astype(np.float32)
+
+
+def mirror_indices(length: int, total: int) -> np.ndarray:
+    """Source index of each of `total` positions, the first `length` the image's own, the rest mirrored
+    (reflect without repeating the edge pixel, to any depth)."""
+    position = np.arange(total)
     if length == 1:
         return np.zeros(total, np.int64)
     period = 2 * (length - 1)
@@ -79,8 +86,8 @@ class MirroredImage:
 
     def __init__(self, image: np.ndarray, grid: TileGrid):
         self.image = image
-        self.rows = mirror_indices(grid.height, grid.margin, grid.padded_height)
-        self.cols = mirror_indices(grid.width, grid.margin, grid.padded_width)
+        self.rows = mirror_indices(grid.height, grid.padded_height)
+        self.cols = mirror_indices(grid.width, grid.padded_width)
 
     def __getitem__(self, index: tuple[slice, slice]) -> np.ndarray:
         rows, cols = self.rows[index[0]], self.cols[index[1]]
@@ -107,22 +114,23 @@ def blend(
     to_ids: Callable[[np.ndarray], np.ndarray],
     batch_size: int = 4,
 ) -> np.ndarray:
-    """Run `forward` on batches of tiles, blend their (N, channels, tile, tile) logits with a Gaussian, and
-    turn finished rows into class ids with `to_ids` ((channels, rows, W) -> (rows, W)). Returns (H, W) uint8."""
-    tile, margin = grid.tile, grid.margin
-    weight = gaussian_weight(tile)
+    """Run `forward` on batches of tiles, blend their (N, channels, tile_height, tile_width) logits with a
+    Gaussian, and turn finished rows into class ids with `to_ids` ((channels, rows, W) -> (rows, W)).
+    Returns (H, W) uint8."""
+    tile, tile_width = grid.tile_height, grid.tile_width
+    weight = gaussian_weight(tile, tile_width)
     ids = np.zeros((grid.height, grid.width), np.uint8)
     band = np.zeros((channels, tile, grid.padded_width), np.float32)
     band_weight = np.zeros((tile, grid.padded_width), np.float32)
-    band_top = 0  # padded row of band[0]
+    band_top = 0  # image row of band[0]
 
     def finish(rows: int) -> None:
         """Turn the band's first `rows` rows into ids (those rows get no further tiles)."""
-        top, bottom = max(band_top, margin), min(band_top + rows, margin + grid.height)
-        if bottom > top:
-            logits = band[:, top - band_top: bottom - band_top, margin: margin + grid.width]
-            weights = band_weight[top - band_top: bottom - band_top, margin: margin + grid.width]
-            ids[top - margin: bottom - margin] = to_ids(logits / weights)
+        bottom = min(band_top + rows, grid.height)
+        if bottom > band_top:
+            logits = band[:, : bottom - band_top, : grid.width]
+            weights = band_weight[: bottom - band_top, : grid.width]
+            ids[band_top: bottom] = to_ids(logits / weights)
 
     for y in grid.ys:
         if y > band_top:
@@ -135,9 +143,9 @@ def blend(
             band_top = y
         for start in range(0, len(grid.xs), batch_size):
             xs = grid.xs[start: start + batch_size]
-            logits = forward([padded[y: y + tile, x: x + tile] for x in xs])
+            logits = forward([padded[y: y + tile, x: x + tile_width] for x in xs])
             for x, tile_logits in zip(xs, logits):
-                band[:, :, x: x + tile] += tile_logits * weight
-                band_weight[:, x: x + tile] += weight
+                band[:, :, x: x + tile_width] += tile_logits * weight
+                band_weight[:, x: x + tile_width] += weight
     finish(tile)
     return ids
