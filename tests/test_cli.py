@@ -114,6 +114,7 @@ def tiny_data(tmp_path):
     (["train", "{data}", "-o", "{tmp}/run", "--val-split", "1.5"], "--val-split"),
     (["predict", "{tmp}/model", "{tmp}/x.png", "-o", "{tmp}/out", "--shard", "5/4"], "--shard '5/4'"),
     (["predict", "{tmp}/model", "@{tmp}/no-list.txt", "-o", "{tmp}/out"], "no-list.txt"),
+    (["predict", "{tmp}/model", "{tmp}/x.png", "-o", "{tmp}/out", "--batch-size", "-2"], "--batch-size -2"),
 ])
 def test_usage_errors_exit_2_with_one_error_line(tmp_path, args, fragment):
     data = tiny_data(tmp_path)

@@ -140,3 +140,80 @@ def test_compile_gives_the_same_masks(confident, binary_data, tmp_path):
     result = ok(cli("predict", confident, image, "-o", tmp_path / "compiled", "--compile"))
     assert "--compile failed" not in result.stderr, result.stderr
     assert agreement(read_values(tmp_path / "compiled" / f"{image.stem}.png"), eager) >= 0.995
+
+
+# ---------------------------------------------------------------------------------------------- batching
+
+
+def test_batch_size_auto_and_explicit(confident, binary_data, tmp_path):
+    """Auto batches a quarter megapixel per forward pass on CPU; an explicit --batch-size is kept within the
+    2 MP memory bound; and batching never changes a prediction (fp32)."""
+    from unetcli.predict import Predictor
+
+    auto = Predictor.from_folder(confident, device="cpu")
+    assert [auto.images_per_forward(s, s) for s in (512, 256, 128, 64, 2048)] == [1, 4, 8, 8, 1]
+    four = Predictor.from_folder(confident, device="cpu", batch_size=4)
+    assert [four.images_per_forward(s, s) for s in (512, 1024, 2048)] == [4, 2, 1]
+    outputs = {}
+    for batch in ("0", "1", "3"):
+        ok(cli("predict", confident, binary_data / "images", "-o", tmp_path / batch, "--batch-size", batch,
+               "--precision", "fp32", "--quiet"))
+        outputs[batch] = {p.name: read_values(p) for p in sorted((tmp_path / batch).iterdir())}
+    assert len(outputs["0"]) == len(list((binary_data / "images").iterdir()))
+    for name, mask in outputs["0"].items():
+        assert agreement(outputs["1"][name], mask) >= 0.9999 and agreement(outputs["3"][name], mask) >= 0.9999
+
+
+# ------------------------------------------------------------------------------------ BatchNorm folding
+
+
+def _with_random_statistics(model):
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # trained-looking statistics, so folding has work to do
+            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.3)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "efficientnet-b0"])
+def test_folding_batchnorms_keeps_the_outputs(encoder):
+    import torch
+
+    from unetcli.model import build_model, fold_batchnorms
+
+    model = _with_random_statistics(build_model(encoder, 1, 2))
+    x = torch.randn(2, 1, 96, 64)
+    folded = fold_batchnorms(model, x[:1, :, :64, :64])
+    assert folded is not model
+    called = []
+    for module in list(folded.modules()) + list(model.modules()):
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.register_forward_pre_hook(lambda bn, _: called.append(bn))
+    with torch.inference_mode():
+        actual = folded(x)
+        assert called == []  # (efficientnet's unused head BatchNorm stays, never called)
+        torch.testing.assert_close(actual, model(x), rtol=1e-4, atol=1e-4)
+    assert len(called) > 10  # the original is untouched
+
+
+def test_folding_refuses_a_convolution_whose_output_is_used_twice():
+    import torch
+
+    from unetcli.model import fold_batchnorms
+
+    class Residual(torch.nn.Module):  # bn(conv(x)) + conv(x): folding the bn into the conv would change both terms
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    model = _with_random_statistics(Residual())
+    assert fold_batchnorms(model, torch.randn(1, 3, 16, 16)) is model

@@ -185,3 +185,47 @@ def pick_precision(requested: str, device: torch.device) -> Precision:
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
     # channels_last is what makes bf16 fast on CPU (oneDNN); on GPUs it helps tensor cores too.
     return Precision(requested, dtype, channels_last=dtype is not None)
+
+
+def fold_batchnorms(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
+    """For inference: a copy of `model` in which every BatchNorm2d that directly normalises a Conv2d's output
+    is folded into that convolution's weights and bias (and replaced by Identity), which saves a pass over
+    every activation. The pairs are found by running `example` once; if the folded copy's output on it does
+    not match the original (a convolution whose output is also used elsewhere), the original is returned."""
+    import copy
+
+    folded = copy.deepcopy(model).eval()
+    outputs: list[tuple[torch.Tensor, torch.nn.Conv2d]] = []  # kept alive so that tensor identity is meaningful
+    pairs: list[tuple[torch.nn.Conv2d | None, torch.nn.BatchNorm2d]] = []
+
+    def producer(tensor: torch.Tensor) -> torch.nn.Conv2d | None:
+        return next((conv for out, conv in reversed(outputs) if out is tensor), None)
+
+    hooks = []
+    for module in folded.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            hooks.append(module.register_forward_hook(lambda conv, _, out: outputs.append((out, conv))))
+        elif isinstance(module, torch.nn.BatchNorm2d):
+            hooks.append(module.register_forward_pre_hook(lambda bn, inputs: pairs.append((producer(inputs[0]), bn))))
+    with torch.inference_mode():
+        expected = folded(example)
+    for hook in hooks:
+        hook.remove()
+
+    convs = [conv for conv, _ in pairs]
+    parent_of = {id(child): (parent, name) for parent in folded.modules() for name, child in parent.named_children()}
+    for conv, bn in pairs:
+        if conv is None or convs.count(conv) > 1 or not bn.track_running_stats or id(bn) not in parent_of:
+            continue  # not a conv -> bn pair, a shared conv, or a BatchNorm without running statistics
+        with torch.no_grad():
+            scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
+            shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+            conv.bias = torch.nn.Parameter((bias - bn.running_mean) * scale + shift, requires_grad=False)
+        parent, name = parent_of[id(bn)]
+        setattr(parent, name, torch.nn.Identity())
+    with torch.inference_mode():
+        actual = folded(example)
+    tolerance = 1e-3 * (1 + float(expected.abs().max()))
+    return folded if float((actual - expected).abs().max()) <= tolerance else model
