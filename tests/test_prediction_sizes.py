@@ -85,7 +85,7 @@ def test_tiled_and_whole_prediction_agree(confident, binary_data, tmp_path):
     default = predict_one(confident, path, tmp_path / "auto", "--precision", "fp32")  # auto: 1024 tiles, so whole
     assert whole.shape == (1024, 1024) and 0.05 < np.mean(whole == 255) < 0.95  # not trivially uniform
     np.testing.assert_array_equal(default, whole)
-    assert agreement(tiled, whole) >= 0.999  # 0.99923 with this model (0.99701 before tiles kept to the image)
+    assert agreement(tiled, whole) >= 0.999  # 0.99971 with this model (0.99923 before tiles were spread evenly)
 
 
 @pytest.mark.slow  # trains on the real slices (about 50 s on 2 loaded cores)
@@ -93,10 +93,10 @@ def test_tiled_and_whole_prediction_agree(confident, binary_data, tmp_path):
 @pytest.mark.skipif(not (MEMBRANE / "images").is_dir(), reason=f"{MEMBRANE} is not present")
 def test_tiled_and_whole_agree_on_the_membrane_data(tmp_path):
     """A model trained for a few seconds on four slices; a 1024x1024 mosaic of four test slices, predicted
-    whole and in 512-pixel tiles (fp32). Thin membranes leave many pixels near the threshold, and the
-    resnet18 U-Net sees ~400 pixels of context, so tiles cannot match the whole image as closely as on the
-    synthetic data: 99.4-99.7 % for models trained 10 s to 8 min (99.9 % needs 768-pixel tiles or overlap
-    0.5 and a trained model; see bench_predict.py's tiling part). A misplaced or misaligned tile gives < 90 %."""
+    whole and in 512-pixel tiles (fp32; three tiles per axis, spread evenly, so they overlap by half).
+    Thin membranes and a barely trained model leave many pixels near the threshold: 99.86 % here. A resnet34
+    trained for 10 minutes (bench_predict.py's tiling part) agrees on 99.96 % of a 2048x2048 mosaic with
+    the default tiles. A misplaced or misaligned tile gives < 90 %."""
     data = tmp_path / "data"
     for sub in ("images", "masks"):
         (data / sub).mkdir(parents=True)
@@ -109,7 +109,7 @@ def test_tiled_and_whole_agree_on_the_membrane_data(tmp_path):
     model = tmp_path / "run" / "model-last"
     whole = predict_one(model, path, tmp_path / "whole", "--tile", "off", "--precision", "fp32")
     tiled = predict_one(model, path, tmp_path / "tiled", "--tile", "512", "--precision", "fp32")
-    assert agreement(tiled, whole) >= 0.99
+    assert agreement(tiled, whole) >= 0.998, agreement(tiled, whole)
 
 
 # ------------------------------------------------------------------------------------------------ --compile

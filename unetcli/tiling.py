@@ -4,7 +4,8 @@ The image is cut into overlapping tiles and the tiles' logits are blended with a
 vanish. Tiles lie inside the image padded bottom/right to the network stride (reflect, as for whole images)
 and start at multiples of the stride, so every pixel is predicted with the same borders and the same
 pooling grid as when the image is predicted whole: tiled and whole predictions agree (>= 99.9 % of pixels
-for a trained model), whatever the tile size. A tile never exceeds the padded image along either axis, so a
+for a trained model), whatever the tile size, except for encoders that pool over the whole input
+(squeeze-and-excitation: efficientnet, se_resnext, ...), where a tile's global context differs. A tile never exceeds the padded image along either axis, so a
 3 x 100000 strip is cut into 32 x N tiles, not N x N ones. Rows of tiles are processed in order and blended
 in a band one tile tall: memory grows with the image width, not with its area (the finished class ids are
 uint8).
@@ -39,12 +40,15 @@ class TileGrid:
 
 
 def _axis(length: int, tile: int, overlap: float) -> tuple[int, tuple[int, ...]]:
-    """(tile size, tile origins) along one axis: the tile clipped to `length` padded to the network stride,
-    origins a multiple of the stride apart, the last one flush with the padded end."""
+    """(tile size, tile origins) along one axis: the tile clipped to `length` padded to the network stride;
+    as few tiles as keep neighbours overlapping by at least `overlap`, spread evenly from the start to the
+    padded end (so the overlap is as large as that number of tiles allows), at multiples of the stride."""
     extent = -(-length // STRIDE) * STRIDE
     tile = min(tile, extent)
-    step = max(STRIDE, int(tile * (1 - overlap)) // STRIDE * STRIDE)
-    return tile, tuple(range(0, extent - tile, step)) + (extent - tile,)
+    span = (extent - tile) // STRIDE  # in units of the stride
+    step = max(1, int(tile * (1 - overlap)) // STRIDE)
+    gaps = -(-span // step)
+    return tile, tuple(round(i * span / gaps) * STRIDE for i in range(gaps + 1)) if gaps else (0,)
 
 
 def plan_tiles(height: int, width: int, tile: int, overlap: float) -> TileGrid:
