@@ -42,14 +42,14 @@ from pathlib import Path
 import cv2, numpy as np, torch
 from safetensors.torch import load_file
 import segmentation_models_pytorch as smp
-model_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
-files = sys.argv[3:]
+model_dir, out, device = Path(sys.argv[1]), Path(sys.argv[2]), torch.device(sys.argv[3])
+files = sys.argv[4:]
 meta = json.loads((model_dir / "unetcli.json").read_text())
 config = json.loads((model_dir / "config.json").read_text())
 config = {k: v for k, v in config.items() if not k.startswith("_")}
 model = smp.Unet(**config)
 model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
-model.eval()
+model.eval().to(device)
 mean = np.array(meta["pipeline"]["config"]["mean"], np.float32)
 std = np.array(meta["pipeline"]["config"]["std"], np.float32)
 binary = meta["classes"]["mode"] == "binary"
@@ -58,8 +58,8 @@ out.mkdir(parents=True, exist_ok=True)
 with torch.no_grad():
     for f in files:
         image = cv2.imread(f, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
-        x = torch.from_numpy((image - mean[0]) / std[0])[None, None]
-        logits = model(x)
+        x = torch.from_numpy((image - mean[0]) / std[0])[None, None].to(device)
+        logits = model(x).cpu()
         ids = (logits[0, 0] > 0).numpy().astype(np.uint8) if binary else logits[0].argmax(0).numpy().astype(np.uint8)
         cv2.imwrite(str(out / Path(f).name), values[ids])
 '''
@@ -102,34 +102,43 @@ def model_gflops(model_dir: Path, size: int = 512) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def conv_peak_gflops() -> float:
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def conv_peak_gflops(device: str = "cpu") -> float:
     """This machine's bf16 convolution peak: the best GFLOP/s of large channels_last 3x3 convolutions run in
     bf16 directly (weights and input already bf16, so no autocast casts count against the peak)."""
     import torch
 
     best = 0.0
     for channels, size in ((128, 256), (256, 128), (512, 64)):
-        conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(torch.bfloat16, memory_format=torch.channels_last)
-        x = torch.randn(8, channels, size, size).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(device, torch.bfloat16, memory_format=torch.channels_last)
+        x = torch.randn(8, channels, size, size, device=device).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
         flops = 2 * 8 * channels * channels * 9 * size * size
         with torch.inference_mode():
             for _ in range(3):
                 conv(x)
+            synchronize(device)
             start = time.perf_counter()
-            repeats = 10
+            repeats = 10 if device == "cpu" else 200
             for _ in range(repeats):
                 conv(x)
+            synchronize(device)
             best = max(best, flops * repeats / (time.perf_counter() - start) / 1e9)
     return best
 
 
-def class_agreement(model_dir: Path, images: list[Path]) -> float:
+def class_agreement(model_dir: Path, images: list[Path], device: str) -> float:
     """Share of pixels whose class differs between bf16 and fp32 prediction."""
     from unetcli.images import read_image
     from unetcli.predict import Predictor
 
-    bf16 = Predictor.from_folder(model_dir, precision="bf16")
-    fp32 = Predictor.from_folder(model_dir, precision="fp32")
+    bf16 = Predictor.from_folder(model_dir, device, precision="bf16")
+    fp32 = Predictor.from_folder(model_dir, device, precision="fp32")
     differ = total = 0
     for path in images:
         image = read_image(path)
@@ -150,7 +159,7 @@ def peak_rss_of(command: list[str]) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 1024
 
 
-def compile_against_eager(model_dir: Path, images: list[Path], batch_size: int = 1) -> dict:
+def compile_against_eager(model_dir: Path, images: list[Path], device: str, batch_size: int = 1) -> dict:
     """In one process: eager and compiled Predictors at the default precision on the same decoded slices, each
     warmed up on one batch first (the compiled one's warm-up is the compile), then timed over all of them."""
     from unetcli.images import read_image
@@ -161,7 +170,7 @@ def compile_against_eager(model_dir: Path, images: list[Path], batch_size: int =
     figures: dict = {}
     masks = {}
     for name, compiled in (("eager", False), ("compiled", True)):
-        predictor = Predictor.from_folder(model_dir, compile_model=compiled, batch_size=batch_size)
+        predictor = Predictor.from_folder(model_dir, device, compile_model=compiled, batch_size=batch_size)
         start = time.perf_counter()
         predictor.predict_batch(batches[0])
         figures[f"{name}_first_batch_s"] = round(time.perf_counter() - start, 2)
@@ -176,7 +185,7 @@ def compile_against_eager(model_dir: Path, images: list[Path], batch_size: int =
     return figures
 
 
-def tiled_against_whole(model_dir: Path, size: int = 2048) -> dict:
+def tiled_against_whole(model_dir: Path, device: str, size: int = 2048) -> dict:
     """fp32 whole-image prediction of a size x size mosaic of test slices (mirrored so edges continue) against
     the model's default tiles and 512-pixel tiles: the share of pixels with the same class."""
     from unetcli.predict import Predictor
@@ -188,10 +197,10 @@ def tiled_against_whole(model_dir: Path, size: int = 2048) -> dict:
         rows.append(np.concatenate([b[::-1 if r % 2 else 1, ::-1 if c % 2 else 1] for c, b in enumerate(blocks)], axis=1))
     image = np.ascontiguousarray(np.concatenate(rows, axis=0)[:size, :size, None])
     start = time.perf_counter()
-    whole = Predictor.from_folder(model_dir, precision="fp32", tile="off").predict_image(image)
+    whole = Predictor.from_folder(model_dir, device, precision="fp32", tile="off").predict_image(image)
     figures = {"size": size, "whole_s": round(time.perf_counter() - start, 1)}
     for tile, overlap in (("auto", None), ("512", None), ("512", 0.5)):
-        predictor = Predictor.from_folder(model_dir, precision="fp32", tile=tile, overlap=overlap)
+        predictor = Predictor.from_folder(model_dir, device, precision="fp32", tile=tile, overlap=overlap)
         start = time.perf_counter()
         tiled = predictor.predict_image(image)
         name = f"tile_{predictor.tile}_overlap_{predictor.overlap}"
@@ -219,10 +228,11 @@ def main() -> None:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)} (default: all)")
     parser.add_argument("--compile-images", type=int, default=32, help="membrane slices for the compile comparison")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "predict.json")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: unetcli (AMP) and the plain fp32 loop on the GPU")
     args = parser.parse_args()
     if not MEMBRANE.is_dir():
         raise SystemExit(f"{MEMBRANE}: the membrane data is needed for this benchmark")
-    results: dict = {"cpus": os.cpu_count(), "load_at_start": os.getloadavg()[0]}
+    results: dict = {"cpus": os.cpu_count(), "device": args.device, "load_at_start": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         model = args.model or train_model(scratch, args.train_minutes)
@@ -240,10 +250,10 @@ def main() -> None:
         if "throughput" in parts:
             plain_script = scratch / "plain_loop.py"
             plain_script.write_text(PLAIN_LOOP)
-            plain_s, _ = timed([sys.executable, str(plain_script), str(model), str(scratch / "plain")] + [str(p) for p in inputs])
-            ours_s, _ = timed(UNETCLI + ["predict", str(model), str(scratch / "inputs"), "-o", str(scratch / "ours"), "-q"])
-            plain_few_s, _ = timed([sys.executable, str(plain_script), str(model), str(scratch / "plain_few")] + [str(p) for p in few])
-            few_s, _ = timed(UNETCLI + ["predict", str(model), *map(str, few), "-o", str(scratch / "few"), "-q"])
+            plain_s, _ = timed([sys.executable, str(plain_script), str(model), str(scratch / "plain"), args.device] + [str(p) for p in inputs])
+            ours_s, _ = timed(UNETCLI + ["predict", str(model), str(scratch / "inputs"), "-o", str(scratch / "ours"), "-q", "--device", args.device])
+            plain_few_s, _ = timed([sys.executable, str(plain_script), str(model), str(scratch / "plain_few"), args.device] + [str(p) for p in few])
+            few_s, _ = timed(UNETCLI + ["predict", str(model), *map(str, few), "-o", str(scratch / "few"), "-q", "--device", args.device])
             marginal = (ours_s - few_s) / (len(inputs) - len(few))
             plain_marginal = (plain_s - plain_few_s) / (len(inputs) - len(few))
             results["throughput"] = {
@@ -260,7 +270,7 @@ def main() -> None:
 
             # 2. achieved GFLOP/s against the conv peak
             gflop_per_image = model_gflops(model)
-            peak = conv_peak_gflops()
+            peak = conv_peak_gflops(args.device)
             results["gflops"] = {
                 "model_gflop_per_512px_image": round(gflop_per_image, 2),
                 "achieved_gflops_marginal": round(gflop_per_image / marginal, 1),
@@ -271,7 +281,7 @@ def main() -> None:
 
         # 3. bf16 against fp32
         if "bf16" in parts:
-            results["bf16_pixels_differing_from_fp32"] = round(class_agreement(model, inputs[:10]), 6)
+            results["bf16_pixels_differing_from_fp32"] = round(class_agreement(model, inputs[:10], args.device), 6)
 
         # 4. one 8192x8192 RGB image through the overlap-tile path
         if "large" in parts:
@@ -280,16 +290,17 @@ def main() -> None:
             big = cv2.merge([big, np.roll(big, 3, 1), np.roll(big, 7, 0)])
             cv2.imwrite(str(scratch / "big.png"), big)
             del big
-            seconds, rss = peak_rss_of(UNETCLI + ["predict", str(model), str(scratch / "big.png"), "-o", str(scratch / "big"), "-q"])
+            seconds, rss = peak_rss_of(UNETCLI + ["predict", str(model), str(scratch / "big.png"), "-o", str(scratch / "big"), "-q",
+                                                  "--device", args.device])
             results["large_8192_rgb"] = {"wall_s": round(seconds, 1), "peak_rss_mb": round(rss)}
 
         # 5. torch.compile against eager
         if "compile" in parts:
-            results["compile"] = compile_against_eager(model, inputs[: args.compile_images])
+            results["compile"] = compile_against_eager(model, inputs[: args.compile_images], args.device)
 
         # 6. tiled against whole
         if "tiling" in parts:
-            results["tiled_vs_whole"] = tiled_against_whole(model)
+            results["tiled_vs_whole"] = tiled_against_whole(model, args.device)
     results["load_at_end"] = os.getloadavg()[0]
     print(json.dumps(results, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@
 same model, the same 256-pixel crops and loss, fp32 eager, contiguous memory. Images/s are taken from
 steady-state epochs (the first epoch is left out: it includes one-off warm-up costs).
 
-Usage: python benchmarks/bench_train.py [--epochs 3] [--samples 128]
+Usage: python benchmarks/bench_train.py [--epochs 3] [--samples 128] [--device cuda]
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ PLAIN_LOOP = r'''
 import sys, time
 import cv2, numpy as np, torch
 import segmentation_models_pytorch as smp
-files, steps, batch = sys.argv[3:], int(sys.argv[1]), int(sys.argv[2])
+steps, batch, device, files = int(sys.argv[1]), int(sys.argv[2]), torch.device(sys.argv[3]), sys.argv[4:]
 images = [cv2.imread(f, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0 for f in files]
 masks = [(cv2.imread(f.replace("/images/", "/masks/"), cv2.IMREAD_GRAYSCALE) > 0).astype(np.float32) for f in files]
-model = smp.Unet("resnet34", encoder_weights=None, in_channels=1, classes=1)
+model = smp.Unet("resnet34", encoder_weights=None, in_channels=1, classes=1).to(device)
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 dice, bce = smp.losses.DiceLoss("binary"), torch.nn.BCEWithLogitsLoss()
 rng = np.random.default_rng(0)
@@ -41,11 +41,13 @@ for step in range(steps):
     for _ in range(batch):
         i = rng.integers(len(images)); r, c = rng.integers(0, 512 - 256, 2)
         xs.append(images[i][r:r + 256, c:c + 256]); ys.append(masks[i][r:r + 256, c:c + 256])
-    x = torch.from_numpy((np.stack(xs)[:, None] - 0.5) / 0.2); y = torch.from_numpy(np.stack(ys)[:, None])
+    x = torch.from_numpy((np.stack(xs)[:, None] - 0.5) / 0.2).to(device); y = torch.from_numpy(np.stack(ys)[:, None]).to(device)
     start = time.perf_counter()
     logits = model(x)
     loss = dice(logits, y) + bce(logits, y)
     optimizer.zero_grad(); loss.backward(); optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     times.append(time.perf_counter() - start)
 steady = times[2:]
 print(batch * len(steady) / sum(steady))
@@ -57,11 +59,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--samples", type=int, default=128, help="crops per epoch for unetcli")
     parser.add_argument("--plain-steps", type=int, default=12)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: unetcli with AMP against the plain fp32 loop on the GPU")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train.json")
     args = parser.parse_args()
     if not MEMBRANE.is_dir():
         raise SystemExit(f"{MEMBRANE}: the membrane data is needed for this benchmark")
-    results: dict = {"cpus": os.cpu_count(), "load_at_start": os.getloadavg()[0]}
+    results: dict = {"cpus": os.cpu_count(), "device": args.device, "load_at_start": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as scratch:
         data = Path(scratch) / "membrane"
         for sub in ("images", "masks"):
@@ -70,7 +73,7 @@ def main() -> None:
                 (data / sub / f"{i}.png").symlink_to(MEMBRANE / sub / f"{i}.png")
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "unetcli", "train", str(data), "-o", f"{scratch}/run", "--val-split", "0",
-                        "--epochs", str(args.epochs), "--samples-per-epoch", str(args.samples), "-q"], check=True)
+                        "--epochs", str(args.epochs), "--samples-per-epoch", str(args.samples), "--device", args.device, "-q"], check=True)
         results["unetcli_wall_s"] = round(time.perf_counter() - start, 1)
         with open(f"{scratch}/run/history.csv") as handle:
             rows = list(csv.DictReader(handle))
@@ -78,7 +81,7 @@ def main() -> None:
         ours = args.samples * len(steady) / sum(float(r["seconds"]) for r in steady)
         script = Path(scratch) / "plain.py"
         script.write_text(PLAIN_LOOP)
-        plain = subprocess.run([sys.executable, str(script), str(args.plain_steps), "8",
+        plain = subprocess.run([sys.executable, str(script), str(args.plain_steps), "8", args.device,
                                 *(str(data / "images" / f"{i}.png") for i in range(25))],
                                check=True, capture_output=True, text=True)
         plain_rate = float(plain.stdout.strip().splitlines()[-1])
