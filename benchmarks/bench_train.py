@@ -28,7 +28,7 @@ PLAIN_LOOP = r'''
 import sys, time
 import cv2, numpy as np, torch
 import segmentation_models_pytorch as smp
-steps, batch, device, files = int(sys.argv[1]), int(sys.argv[2]), torch.device(sys.argv[3]), sys.argv[4:]
+steps, batch, device, crop, files = int(sys.argv[1]), int(sys.argv[2]), torch.device(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
 images = [cv2.imread(f, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0 for f in files]
 masks = [(cv2.imread(f.replace("/images/", "/masks/"), cv2.IMREAD_GRAYSCALE) > 0).astype(np.float32) for f in files]
 model = smp.Unet("resnet34", encoder_weights=None, in_channels=1, classes=1).to(device)
@@ -39,8 +39,8 @@ times = []
 for step in range(steps):
     xs, ys = [], []
     for _ in range(batch):
-        i = rng.integers(len(images)); r, c = rng.integers(0, 512 - 256, 2)
-        xs.append(images[i][r:r + 256, c:c + 256]); ys.append(masks[i][r:r + 256, c:c + 256])
+        i = rng.integers(len(images)); r, c = rng.integers(0, 512 - crop + 1, 2)
+        xs.append(images[i][r:r + crop, c:c + crop]); ys.append(masks[i][r:r + crop, c:c + crop])
     x = torch.from_numpy((np.stack(xs)[:, None] - 0.5) / 0.2).to(device); y = torch.from_numpy(np.stack(ys)[:, None]).to(device)
     start = time.perf_counter()
     logits = model(x)
@@ -59,12 +59,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--samples", type=int, default=128, help="crops per epoch for unetcli")
     parser.add_argument("--plain-steps", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=8, help="for both (unetcli's default: 8)")
+    parser.add_argument("--crop", type=int, default=256, help="for both (unetcli's default: 256; at most 512)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: unetcli with AMP against the plain fp32 loop on the GPU")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train.json")
     args = parser.parse_args()
     if not MEMBRANE.is_dir():
         raise SystemExit(f"{MEMBRANE}: the membrane data is needed for this benchmark")
-    results: dict = {"cpus": os.cpu_count(), "device": args.device, "load_at_start": os.getloadavg()[0]}
+    results: dict = {"cpus": os.cpu_count(), "device": args.device, "batch_size": args.batch_size, "crop": args.crop,
+                     "load_at_start": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as scratch:
         data = Path(scratch) / "membrane"
         for sub in ("images", "masks"):
@@ -73,7 +76,8 @@ def main() -> None:
                 (data / sub / f"{i}.png").symlink_to(MEMBRANE / sub / f"{i}.png")
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "unetcli", "train", str(data), "-o", f"{scratch}/run", "--val-split", "0",
-                        "--epochs", str(args.epochs), "--samples-per-epoch", str(args.samples), "--device", args.device, "-q"], check=True)
+                        "--epochs", str(args.epochs), "--samples-per-epoch", str(args.samples), "--device", args.device,
+                        "--batch-size", str(args.batch_size), "--crop", str(args.crop), "-q"], check=True)
         results["unetcli_wall_s"] = round(time.perf_counter() - start, 1)
         with open(f"{scratch}/run/history.csv") as handle:
             rows = list(csv.DictReader(handle))
@@ -81,7 +85,7 @@ def main() -> None:
         ours = args.samples * len(steady) / sum(float(r["seconds"]) for r in steady)
         script = Path(scratch) / "plain.py"
         script.write_text(PLAIN_LOOP)
-        plain = subprocess.run([sys.executable, str(script), str(args.plain_steps), "8", args.device,
+        plain = subprocess.run([sys.executable, str(script), str(args.plain_steps), str(args.batch_size), args.device, str(args.crop),
                                 *(str(data / "images" / f"{i}.png") for i in range(25))],
                                check=True, capture_output=True, text=True)
         plain_rate = float(plain.stdout.strip().splitlines()[-1])
