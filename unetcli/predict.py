@@ -406,7 +406,8 @@ def predict_files(predictor: Predictor, paths: list[Path], options: PredictOptio
         else:
             todo.append(path)
 
-    with ThreadPoolExecutor(max_workers=2) as readers, ThreadPoolExecutor(max_workers=2) as writers:
+    io_threads = max(2, min(8, (os.cpu_count() or 2) // 2))  # OpenCV decodes and encodes without the GIL
+    with ThreadPoolExecutor(max_workers=io_threads) as readers, ThreadPoolExecutor(max_workers=io_threads) as writers:
         depth = 2 * (predictor.batch_size or AUTO_BATCH)
         decoded = prefetch(readers, _read, todo, depth=depth,  # runs ahead of the network
                            size_of=lambda read: read[0].nbytes if read[0] is not None else 0)
