@@ -35,11 +35,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from membrane import MEMBRANE, TEST_SLICES, TRAIN_SLICES, link_slices
+
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_MEMBRANE = REPO.parent / "shared" / "datasets" / "membrane"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "end_to_end.json"
-TRAIN_SLICES = range(0, 25)
-TEST_SLICES = range(25, 30)
 
 
 def log(message: str = "") -> None:
@@ -170,18 +169,8 @@ def bench_demo(workdir: Path) -> dict:
 
 
 def split_membrane(source: Path, workdir: Path) -> tuple[Path, Path]:
-    folders = {}
-    for name, slices in (("train", TRAIN_SLICES), ("test", TEST_SLICES)):
-        root = workdir / "membrane" / name
-        for sub in ("images", "masks"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-            for i in slices:
-                src = (source / sub / f"{i}.png").resolve()
-                if not src.exists():
-                    raise FileNotFoundError(src)
-                (root / sub / f"{i}.png").symlink_to(src)
-        folders[name] = root
-    return folders["train"], folders["test"]
+    return (link_slices(workdir / "membrane" / "train", TRAIN_SLICES, source),
+            link_slices(workdir / "membrane" / "test", TEST_SLICES, source))
 
 
 def bench_membrane(train_dir: Path, test_dir: Path, workdir: Path, minutes: float, augment: str) -> dict:
@@ -237,7 +226,7 @@ def bench_membrane(train_dir: Path, test_dir: Path, workdir: Path, minutes: floa
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--membrane", type=Path, default=DEFAULT_MEMBRANE, help="ISBI 2012 membrane folder (images/, masks/)")
+    parser.add_argument("--membrane", type=Path, default=MEMBRANE, help="ISBI 2012 membrane folder (images/, masks/)")
     parser.add_argument("--minutes", type=float, nargs="+", default=[10], help="membrane training --time-limit(s) in minutes (default 10)")
     parser.add_argument("--augment", nargs="+", default=["default"], help="augmentation preset(s) for the membrane runs")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from membrane import MEMBRANE, link_slices
 
 REPO = Path(__file__).resolve().parent.parent
-MEMBRANE = REPO.parent / "shared" / "datasets" / "membrane"
 UNETCLI = [sys.executable, "-m", "unetcli"]
 
 PLAIN_LOOP = r'''
@@ -210,11 +210,7 @@ def tiled_against_whole(model_dir: Path, device: str, size: int = 2048) -> dict:
 
 
 def train_model(folder: Path, minutes: float) -> Path:
-    data = folder / "membrane"
-    for sub in ("images", "masks"):
-        (data / sub).mkdir(parents=True, exist_ok=True)
-        for i in range(25):
-            (data / sub / f"{i}.png").symlink_to(MEMBRANE / sub / f"{i}.png")
+    data = link_slices(folder / "membrane")
     timed(UNETCLI + ["train", str(data), "-o", str(folder / "run"), "--val-split", "0", "--time-limit", f"{minutes}m", "-q"])
     return folder / "run" / "model-last"
 

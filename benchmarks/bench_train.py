@@ -21,8 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from membrane import MEMBRANE, link_slices
+
 REPO = Path(__file__).resolve().parent.parent
-MEMBRANE = REPO.parent / "shared" / "datasets" / "membrane"
 
 PLAIN_LOOP = r'''
 import sys, time
@@ -69,11 +70,7 @@ def main() -> None:
     results: dict = {"cpus": os.cpu_count(), "device": args.device, "batch_size": args.batch_size, "crop": args.crop,
                      "load_at_start": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as scratch:
-        data = Path(scratch) / "membrane"
-        for sub in ("images", "masks"):
-            (data / sub).mkdir(parents=True)
-            for i in range(25):
-                (data / sub / f"{i}.png").symlink_to(MEMBRANE / sub / f"{i}.png")
+        data = link_slices(Path(scratch) / "membrane")
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "unetcli", "train", str(data), "-o", f"{scratch}/run", "--val-split", "0",
                         "--epochs", str(args.epochs), "--samples-per-epoch", str(args.samples), "--device", args.device,
