@@ -5,10 +5,10 @@ vanish. Tiles lie inside the image padded bottom/right to the network stride (re
 and start at multiples of the stride, so every pixel is predicted with the same borders and the same
 pooling grid as when the image is predicted whole: tiled and whole predictions agree (>= 99.9 % of pixels
 for a trained model), whatever the tile size, except for encoders that pool over the whole input
-(squeeze-and-excitation: efficientnet, se_resnext, ...), where a tile's global context differs. A tile never exceeds the padded image along either axis, so a
-3 x 100000 strip is cut into 32 x N tiles, not N x N ones. Rows of tiles are processed in order and blended
-in a band one tile tall: memory grows with the image width, not with its area (the finished class ids are
-uint8).
+(squeeze-and-excitation: efficientnet, se_resnext, ...), where a tile's global context differs. A tile
+never exceeds the padded image along either axis, so a 3 x 100000 strip is cut into 32 x N tiles, not
+N x N ones. Rows of tiles are processed in order and blended in a band one tile tall: memory grows with the
+image width, not with its area (the finished class ids are uint8).
 """
 
 from __future__ import annotations
@@ -47,8 +47,10 @@ def _axis(length: int, tile: int, overlap: float) -> tuple[int, tuple[int, ...]]
     tile = min(tile, extent)
     span = (extent - tile) // STRIDE  # in units of the stride
     step = max(1, int(tile * (1 - overlap)) // STRIDE)
-    gaps = -(-span // step)
-    return tile, tuple(round(i * span / gaps) * STRIDE for i in range(gaps + 1)) if gaps else (0,)
+    gaps = -(-span // step)  # tiles - 1
+    if gaps == 0:
+        return tile, (0,)
+    return tile, tuple(round(i * span / gaps) * STRIDE for i in range(gaps + 1))
 
 
 def plan_tiles(height: int, width: int, tile: int, overlap: float) -> TileGrid:
