@@ -7,27 +7,16 @@ A short training run on slices 0-24 must beat the majority-class baseline on hel
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, ok, read_values
-
-MEMBRANE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "membrane"
+from helpers import MEMBRANE, cli, link_slices, ok, read_values
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.membrane,
     pytest.mark.skipif(not (MEMBRANE / "images").is_dir(), reason=f"{MEMBRANE} is not present"),
 ]
-
-
-def link_slices(target: Path, slices) -> Path:
-    for sub in ("images", "masks"):
-        (target / sub).mkdir(parents=True)
-        for i in slices:
-            (target / sub / f"{i}.png").symlink_to(MEMBRANE / sub / f"{i}.png")
-    return target
 
 
 def test_short_training_beats_the_majority_baseline(tmp_path):

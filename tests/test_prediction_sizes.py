@@ -7,12 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, ok, read_values, write_image
+from helpers import MEMBRANE, cli, link_slices, ok, read_values, write_image
 
 from unetcli.demo import make_sample
 from unetcli.images import read_image
-
-MEMBRANE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "membrane"
 
 # width x height, as image sizes are usually written: camera frames, a 4:3 photo, odd and tiny ones
 ODD_SIZES = [(347, 260), (1388, 1040), (480, 360), (1, 1), (33, 31)]
@@ -97,11 +95,7 @@ def test_tiled_and_whole_agree_on_the_membrane_data(tmp_path):
     Thin membranes and a barely trained model leave many pixels near the threshold: 99.86 % here. A resnet34
     trained for 10 minutes (bench_predict.py's tiling part) agrees on 99.96 % of a 2048x2048 mosaic with
     the default tiles. A misplaced or misaligned tile gives < 90 %."""
-    data = tmp_path / "data"
-    for sub in ("images", "masks"):
-        (data / sub).mkdir(parents=True)
-        for i in range(4):
-            (data / sub / f"{i}.png").symlink_to(MEMBRANE / sub / f"{i}.png")
+    data = link_slices(tmp_path / "data", range(4))
     ok(cli("train", data, "-o", tmp_path / "run", "--encoder", "resnet18", "--crop", "128", "--epochs", "4",
            "--samples-per-epoch", "64", "--batch-size", "8", "--val-split", "0", "--augment", "light", "--quiet"))
     slices = [read_image(MEMBRANE / "test" / "images" / f"{i}.png") for i in range(4)]

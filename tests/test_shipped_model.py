@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, ok, write_image
+from helpers import MEMBRANE, cli, link_slices, ok, write_image
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = REPO / "weights" / "membrane"
-MEMBRANE = REPO.parent / "shared" / "datasets" / "membrane"
 HELD_OUT = range(25, 30)  # slices the shipped model never saw in training (see its model card)
 
 
@@ -43,11 +42,7 @@ def test_shipped_model_predicts_offline(tmp_path):
 @pytest.mark.membrane
 @pytest.mark.skipif(not MEMBRANE.is_dir(), reason="needs ../shared/datasets/membrane")
 def test_shipped_model_segments_held_out_slices(tmp_path):
-    data = tmp_path / "held-out"
-    for sub in ("images", "masks"):
-        (data / sub).mkdir(parents=True)
-        for i in HELD_OUT:
-            (data / sub / f"{i}.png").symlink_to(MEMBRANE / sub / f"{i}.png")
+    data = link_slices(tmp_path / "held-out", HELD_OUT)
     summary = json.loads(ok(cli("evaluate", WEIGHTS, data, "--json")).stdout)
     baseline_error = 0.22  # calling every pixel "cell" (22 % of pixels are membrane)
     assert summary["pixel_error"] < baseline_error / 2, summary
