@@ -19,7 +19,7 @@ from unetcli.errors import DataError, UnetcliError
 from unetcli.images import IMAGE_EXTENSIONS, RawMask, encode_png, read_image, read_mask
 from unetcli.masks import ClassMap, SegClass, default_colour
 from unetcli.predict import PredictOptions, _write_outputs
-from unetcli.tiling import blend, gaussian_weight, mirror_indices, pad_for_grid, plan_tiles
+from unetcli.tiling import MirroredImage, blend, gaussian_weight, mirror_indices, plan_tiles
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 QUICK = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -131,13 +131,13 @@ def test_tiles_cover_every_pixel(height, width, tile, overlap):
 @FAST
 @given(length=lengths, tile=tiles, overlap=overlaps, seed=st.integers(0, 2**31))
 def test_padding_crops_back_to_the_exact_image(length, tile, overlap, seed):
-    """pad_for_grid mirrors within the image and its top-left window is the image itself, for any size
-    1..5000 along either axis."""
+    """The mirrored image that tiles are cut from: its top-left window is the image itself and the rest is
+    mirrored from it, for any size 1..5000 along either axis."""
     rng = np.random.default_rng(seed)
     for shape in ((length, 1), (1, length)):
         image = rng.integers(0, 65535, (*shape, 2)).astype(np.uint16)
         grid = plan_tiles(*shape, tile, overlap)
-        padded = pad_for_grid(image, grid)
+        padded = MirroredImage(image, grid)[:, :]
         assert padded.shape == (grid.padded_height, grid.padded_width, 2)
         np.testing.assert_array_equal(padded[: shape[0], : shape[1]], image)
         assert set(np.unique(padded)) <= set(np.unique(image))  # mirrored, never invented
@@ -174,7 +174,7 @@ def test_blend_with_an_identity_network_returns_the_image(height, width, tile, o
         seen.extend(batch_tiles)
         return np.stack([t.transpose(2, 0, 1).astype(np.float32) for t in batch_tiles])
 
-    ids = blend(pad_for_grid(image, grid), grid, forward, 1, lambda logits: np.rint(logits[0]).astype(np.uint8), batch)
+    ids = blend(MirroredImage(image, grid), grid, forward, 1, lambda logits: np.rint(logits[0]).astype(np.uint8), batch)
     assert len(seen) == len(grid.ys) * len(grid.xs)
     np.testing.assert_array_equal(ids, image[:, :, 0])
 

@@ -106,14 +106,8 @@ def _contiguous(indices: np.ndarray) -> bool:
     return bool(indices[-1] - indices[0] == len(indices) - 1 and np.all(np.diff(indices) == 1))
 
 
-def pad_for_grid(image: np.ndarray, grid: TileGrid) -> np.ndarray:
-    """The whole padded image that `MirroredImage` cuts tiles from (a copy)."""
-    mirrored = MirroredImage(image, grid)
-    return np.take(np.take(image, mirrored.rows, axis=0), mirrored.cols, axis=1)
-
-
 def blend(
-    padded: np.ndarray | MirroredImage,
+    padded: MirroredImage,
     grid: TileGrid,
     forward: Callable[[list[np.ndarray]], np.ndarray],
     channels: int,
@@ -123,11 +117,11 @@ def blend(
     """Run `forward` on batches of tiles, blend their (N, channels, tile_height, tile_width) logits with a
     Gaussian, and turn finished rows into class ids with `to_ids` ((channels, rows, W) -> (rows, W)).
     Returns (H, W) uint8."""
-    tile, tile_width = grid.tile_height, grid.tile_width
-    weight = gaussian_weight(tile, tile_width)
+    tile_height, tile_width = grid.tile_height, grid.tile_width
+    weight = gaussian_weight(tile_height, tile_width)
     ids = np.zeros((grid.height, grid.width), np.uint8)
-    band = np.zeros((channels, tile, grid.padded_width), np.float32)
-    band_weight = np.zeros((tile, grid.padded_width), np.float32)
+    band = np.zeros((channels, tile_height, grid.padded_width), np.float32)
+    band_weight = np.zeros((tile_height, grid.padded_width), np.float32)
     band_top = 0  # image row of band[0]
 
     def finish(rows: int) -> None:
@@ -142,16 +136,16 @@ def blend(
         if y > band_top:
             shift = y - band_top
             finish(shift)
-            band[:, : tile - shift] = band[:, shift:]
-            band[:, tile - shift:] = 0
-            band_weight[: tile - shift] = band_weight[shift:]
-            band_weight[tile - shift:] = 0
+            band[:, : tile_height - shift] = band[:, shift:]
+            band[:, tile_height - shift:] = 0
+            band_weight[: tile_height - shift] = band_weight[shift:]
+            band_weight[tile_height - shift:] = 0
             band_top = y
         for start in range(0, len(grid.xs), batch_size):
             xs = grid.xs[start: start + batch_size]
-            logits = forward([padded[y: y + tile, x: x + tile_width] for x in xs])
+            logits = forward([padded[y: y + tile_height, x: x + tile_width] for x in xs])
             for x, tile_logits in zip(xs, logits):
                 band[:, :, x: x + tile_width] += tile_logits * weight
                 band_weight[:, x: x + tile_width] += weight
-    finish(tile)
+    finish(tile_height)
     return ids
