@@ -64,11 +64,13 @@ def test_odd_sizes_come_back_at_their_exact_size_in_the_mask_values(trained, tmp
 
 @pytest.fixture(scope="module")
 def confident(binary_data, tmp_path_factory) -> Path:
-    """A model trained a little longer than the session's `trained` one. Two epochs leave logits near zero
-    (and BatchNorm statistics half-way from their start), so any change of context flips pixels; agreement
-    between tiled and whole prediction is a property of a model that has learnt something."""
+    """A model trained longer than the session's `trained` one. Two epochs leave logits near zero (and
+    BatchNorm statistics half-way from their start), so any change of context flips pixels; agreement
+    between tiled and whole prediction is a property of a model that has learnt something. Six epochs gave
+    99.63-99.97 % on the mosaic below, depending on the seed and the number of threads; ten gave 99.97 %
+    for every seed tried (0-3, one and two threads)."""
     run = tmp_path_factory.mktemp("confident") / "run"
-    ok(cli("train", binary_data, "-o", run, "--encoder", "resnet18", "--crop", "64", "--epochs", "6",
+    ok(cli("train", binary_data, "-o", run, "--encoder", "resnet18", "--crop", "64", "--epochs", "10",
            "--samples-per-epoch", "64", "--batch-size", "8", "--seed", "0", "--quiet"))
     return run / "model-best"
 
@@ -194,6 +196,24 @@ def test_folding_batchnorms_keeps_the_outputs(encoder):
         assert called == []  # (efficientnet's unused head BatchNorm stays, never called)
         torch.testing.assert_close(actual, model(x), rtol=1e-4, atol=1e-4)
     assert len(called) > 10  # the original is untouched
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "efficientnet-b0"])
+def test_weights_cast_once_give_the_same_bf16_outputs_as_autocast(encoder):
+    import copy
+
+    import torch
+
+    from unetcli.model import build_model, cast_weights
+
+    model = _with_random_statistics(build_model(encoder, 1, 2)).eval()
+    cast = cast_weights(copy.deepcopy(model), torch.bfloat16)
+    conv, batchnorm = torch.nn.Conv2d, torch.nn.BatchNorm2d
+    dtypes = {kind: {p.dtype for m in cast.modules() if isinstance(m, kind) for p in m.parameters()} for kind in (conv, batchnorm)}
+    assert dtypes == {conv: {torch.bfloat16}, batchnorm: {torch.float32}}
+    x = torch.randn(2, 1, 96, 64)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(cast(x), model(x))
 
 
 def test_folding_refuses_a_convolution_whose_output_is_used_twice():

@@ -187,6 +187,18 @@ def pick_precision(requested: str, device: torch.device) -> Precision:
     return Precision(requested, dtype, channels_last=dtype is not None)
 
 
+def cast_weights(model: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:
+    """For inference under autocast: store convolution and linear weights in the autocast dtype once, instead
+    of autocast casting them at every forward pass (about 3 % of a bf16 forward on CPU). The results are the
+    same: autocast computes these layers from the same rounded weights. Other layers (a BatchNorm that could not
+    be folded) keep float32 parameters, as under autocast. Changes `model` in place."""
+    if dtype is not None:
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                module.to(dtype)
+    return model
+
+
 def fold_batchnorms(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
     """For inference: a copy of `model` in which every BatchNorm2d that directly normalises a Conv2d's output
     is folded into that convolution's weights and bias (and replaced by Identity), which saves a pass over

@@ -111,7 +111,7 @@ class Predictor:
         import torch
 
         from .checkpoint import load_model_folder
-        from .model import fold_batchnorms, pick_device, pick_precision
+        from .model import cast_weights, fold_batchnorms, pick_device, pick_precision
         from .transforms import from_dict
 
         loaded = load_model_folder(path)
@@ -124,9 +124,10 @@ class Predictor:
         defaults = loaded.meta.get("tile", {})
         if not isinstance(defaults, dict):
             defaults = {}
+        chosen = pick_precision(precision, dev)
         example = torch.randn(1, loaded.in_channels, 64, 64, generator=torch.Generator().manual_seed(0))
-        return cls(fold_batchnorms(loaded.model, example), loaded.class_map, eval_pipeline, loaded.in_channels,
-                   dev, pick_precision(precision, dev),
+        model = cast_weights(fold_batchnorms(loaded.model, example), chosen.dtype)
+        return cls(model, loaded.class_map, eval_pipeline, loaded.in_channels, dev, chosen,
                    loaded.threshold if threshold is None else check_threshold(threshold),
                    parse_tile(tile, defaults.get("size", 512)),
                    defaults.get("overlap", 0.25) if overlap is None else check_overlap(overlap), tta, batch_size,
