@@ -440,7 +440,8 @@ def train(options: TrainOptions) -> Iterator:
     model = predictor.model  # moved to the device, in the right memory format
     loss_fn = SegmentationLoss(class_map.is_binary, IGNORE_ID, options.loss,
                                parse_class_weights(options.class_weights, scan.class_pixels)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=1e-4)
+    # fused: one kernel per parameter tensor instead of a dozen (8 ms of a 630 ms CPU step, measured)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=1e-4, fused=device.type in ("cpu", "cuda"))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
     progress = _Progress()
     if options.resume:
