@@ -5,6 +5,8 @@
 256-pixel crops, default augmentation, batch 8, resnet34) against the plain loop a user would write: the
 same model, the same 256-pixel crops and loss, fp32 eager, contiguous memory. Images/s are taken from
 steady-state epochs (the first epoch is left out: it includes one-off warm-up costs).
+On CPU it also profiles one default step of the same model and reports its convolutions' own time: the
+images/s of a step that did nothing but its convolutions bounds what any implementation could reach.
 
 Usage: python benchmarks/bench_train.py [--epochs 3] [--samples 128] [--device cuda]
 """
@@ -55,6 +57,39 @@ print(batch * len(steady) / sum(steady))
 '''
 
 
+def convolution_floor(batch: int, crop: int, steps: int = 3) -> dict:
+    """CPU only: one default step (bf16 autocast, channels_last) of the same model on random data, profiled.
+    Returns its convolutions' own time (forward + backward) per step and the images/s of a step that did
+    nothing else: no implementation of this model at this precision can train faster on this machine."""
+    import segmentation_models_pytorch as smp
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    model = smp.Unet("resnet34", encoder_weights=None, in_channels=1, classes=1).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    x = torch.randn(batch, 1, crop, crop).contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(batch, 1, crop, crop) > 0.5).float()
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as profiled:
+        for _ in range(steps):
+            step()
+    events = profiled.key_averages()
+    conv_us = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mkldnn_convolution", "aten::convolution_backward"))
+    step_us = sum(e.self_cpu_time_total for e in events)
+    conv_s = conv_us / 1e6 / steps
+    return {"conv_s_per_step": round(conv_s, 3), "profiled_step_s": round(step_us / 1e6 / steps, 3),
+            "conv_share_of_step": round(conv_us / step_us, 3), "conv_only_img_per_s": round(batch / conv_s, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3)
@@ -87,7 +122,12 @@ def main() -> None:
                                check=True, capture_output=True, text=True)
         plain_rate = float(plain.stdout.strip().splitlines()[-1])
     results.update({"unetcli_img_per_s": round(ours, 2), "plain_fp32_img_per_s": round(plain_rate, 2),
-                    "speedup": round(ours / plain_rate, 2), "load_at_end": os.getloadavg()[0]})
+                    "speedup": round(ours / plain_rate, 2)})
+    if args.device == "cpu":
+        floor = convolution_floor(args.batch_size, args.crop)
+        floor["conv_only_speedup"] = round(floor["conv_only_img_per_s"] / plain_rate, 2)
+        results["convolution_floor"] = floor
+    results["load_at_end"] = os.getloadavg()[0]
     print(json.dumps(results, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
