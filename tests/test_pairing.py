@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from helpers import cli, describe, ok, user_error, write_image
+from helpers import cli, describe, ok, read_values, user_error, write_image
 
 RNG = np.random.default_rng(0)
 
@@ -124,3 +124,66 @@ def test_16_bit_and_rgb_images_are_read(tmp_path):
     report = json.loads(ok(cli("check", tmp_path, "--json")).stdout)
     assert report["channels"] == 3
     assert report["dtypes"] == ["uint16", "uint8"]
+
+
+# ------------------------------------------------------------------------------------- EXIF orientation
+
+
+def with_orientation(path, array: np.ndarray, orientation: int, fmt: str = "PNG"):
+    """Write `array` as stored pixels with an EXIF orientation tag (Pillow writes eXIf chunks in PNGs too)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(array)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(path, fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+    return path
+
+
+def test_images_and_masks_are_read_as_viewers_show_them(tmp_path):
+    """Every EXIF orientation, against Pillow's own exif_transpose; images (gray, RGB) and palette masks."""
+    from PIL import Image, ImageOps
+
+    from unetcli.images import read_image, read_mask
+
+    stored = colour(5, 7)
+    for orientation in range(1, 9):
+        for name, array in (("rgb", stored), ("gray", stored[:, :, 0])):
+            path = with_orientation(tmp_path / f"{name}{orientation}.png", array, orientation)
+            expected = np.asarray(ImageOps.exif_transpose(Image.open(path)))
+            got = read_image(path)
+            assert got.shape[:2] == ((5, 7) if orientation < 5 else (7, 5)), orientation
+            np.testing.assert_array_equal(got if name == "rgb" else got[:, :, 0], expected, err_msg=f"{name} {orientation}")
+        indices = Image.fromarray(stored[:, :, 0] % 3, mode="P")
+        indices.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0])
+        exif = indices.getexif()
+        exif[0x0112] = orientation
+        indices.save(tmp_path / f"palette{orientation}.png", exif=exif.tobytes())
+        raw = read_mask(tmp_path / f"palette{orientation}.png")
+        assert raw.kind == "palette"
+        np.testing.assert_array_equal(raw.values, np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / f"palette{orientation}.png"))))
+
+
+def test_a_phone_photo_with_an_orientation_tag_pairs_with_the_mask_drawn_on_what_viewers_show(trained, tmp_path):
+    """A portrait photo stored as landscape pixels + orientation 6 (how phones save them): its mask, drawn in
+    the portrait view, pairs; predict writes a portrait mask. A mask drawn on the stored pixels is refused with
+    a hint about the tag."""
+    from PIL import Image
+
+    portrait = colour(96, 64)  # what the viewer shows: 64 wide, 96 tall
+    landscape = np.rot90(portrait, 1).copy()  # stored: turned so that orientation 6 (90 degrees clockwise) undoes it
+    photo = with_orientation(tmp_path / "data" / "images" / "photo.jpg", landscape, 6, "JPEG")
+    assert Image.open(photo).size == (96, 64)
+    write_image(tmp_path / "data" / "masks" / "photo.png", mask(96, 64))
+    write_image(tmp_path / "data" / "images" / "plain.png", colour(96, 64))
+    write_image(tmp_path / "data" / "masks" / "plain.png", mask(96, 64))
+    ok(cli("check", tmp_path / "data"))
+
+    ok(cli("predict", trained.model, photo, "-o", tmp_path / "out", "--quiet"))
+    assert read_values(tmp_path / "out" / "photo.png").shape == (96, 64)
+
+    write_image(tmp_path / "data" / "masks" / "photo.png", mask(64, 96))  # drawn on the stored landscape pixels
+    result = cli("check", tmp_path / "data")
+    assert result.exit_code == 3, describe(result)
+    assert "photo.png: mask is 96x64 but its image photo.jpg is 64x96; photo.jpg is read turned by its EXIF orientation" in result.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError, UsageError
-from .images import RawMask, is_image_file, read_image, read_mask, to_unit_range
+from .images import RawMask, exif_rotates, is_image_file, read_image, read_mask, to_unit_range
 from .masks import ClassMap, MaskStats, infer_class_map, mask_stats
 
 IMAGE_FOLDER_NAMES = ("images", "image", "imgs", "img")
@@ -146,10 +146,11 @@ def read_sample(pair: Pair) -> Sample:
     if raw.values.shape[:2] != image.shape[:2]:
         h, w = image.shape[:2]
         mh, mw = raw.values.shape[:2]
-        raise DataError(
-            f"{pair.mask}: mask is {mw}x{mh} but its image {pair.image.name} is {w}x{h}; "
-            "masks must have exactly the size of their image"
-        )
+        hint = "masks must have exactly the size of their image"
+        if (mh, mw) == (w, h) and exif_rotates(pair.image):
+            hint = (f"{pair.image.name} is read turned by its EXIF orientation tag, as viewers show it; if the mask "
+                    "was drawn on the unturned pixels, turn the mask too, or remove the image's tag (exiftool -Orientation= FILE)")
+        raise DataError(f"{pair.mask}: mask is {mw}x{mh} but its image {pair.image.name} is {w}x{h}; {hint}")
     return Sample(pair, image, raw)
 
 
@@ -192,7 +193,7 @@ def scan_dataset(
         channels.setdefault(sample.image.shape[2], []).append(sample.pair.image.name)
     if len(channels) > 1:
         common = max(channels, key=lambda c: len(channels[c]))
-        odd = [f"{_short_list(names, 3)} ({c} channels)" for c, names in channels.items() if c != common]
+        odd = [f"{_short_list(names, 3)} ({c} channel{'' if c == 1 else 's'})" for c, names in channels.items() if c != common]
         scan.problems.append(
             f"images mix channel counts: most have {common}, but {'; '.join(odd)}; "
             "convert them all to the same (e.g. all gray or all RGB)"

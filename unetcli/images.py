@@ -2,6 +2,7 @@
 
 Images come back as H x W x C arrays in their stored dtype (uint8, uint16 or float32), channels in RGB(A)
 order. Masks come back as raw pixel values: H x W for gray and palette masks, H x W x 3 for colour masks.
+Both are turned as their EXIF orientation says, i.e. as image viewers and annotation tools show them.
 """
 
 from __future__ import annotations
@@ -79,6 +80,45 @@ def _peek(data: np.ndarray, path: Path) -> Image.Image | None:
     return header
 
 
+EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> how to turn the stored pixels into what image viewers show (checked against Pillow's
+# ImageOps.exif_transpose in the tests). Phones store portrait photos as rotated landscape pixels plus this tag.
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _orientation(header: Image.Image | None) -> int:
+    if header is None or (header.format == "PNG" and "exif" not in header.info):
+        return 1  # (Pillow would decode a whole PNG to look for an eXIf chunk after the pixels)
+    try:
+        value = header.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block: read the pixels as stored
+        return 1
+    return value if value in _ORIENT else 1
+
+
+def _as_viewers_show(array: np.ndarray, header: Image.Image | None) -> np.ndarray:
+    """Apply the EXIF orientation, so that images, masks and predictions line up as the user sees them."""
+    orientation = _orientation(header)
+    return array if orientation == 1 else np.ascontiguousarray(_ORIENT[orientation](array))
+
+
+def exif_rotates(path: Path) -> bool:
+    """True if the file's EXIF orientation swaps its width and height (a hint for size mismatch messages)."""
+    try:
+        with Image.open(path) as header:
+            return _orientation(header) in (5, 6, 7, 8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False
+
+
 def _undecodable(path: Path) -> DataError:
     return DataError(
         f"{path}: not an image that can be decoded (truncated, corrupt or not an image at all); "
@@ -122,8 +162,8 @@ def read_image(path: str | Path) -> np.ndarray:
     """Decode an image to H x W x C (C = 1, 3 or 4) in RGB(A) order and its stored dtype."""
     path = Path(path)
     data = _read_bytes(path)
-    _peek(data, path)
-    array = _decode(data, path)
+    header = _peek(data, path)
+    array = _as_viewers_show(_decode(data, path), header)
     if array.dtype == np.float64:
         array = array.astype(np.float32)
     elif array.dtype not in (np.uint8, np.uint16, np.float32):
@@ -168,8 +208,8 @@ def read_mask(path: str | Path) -> RawMask:
         except (OSError, ValueError, SyntaxError):
             raise _undecodable(path) from None
         palette = tuple(header.getpalette() or ())
-        return RawMask(np.ascontiguousarray(indices), "palette", palette)
-    array = _decode(data, path)
+        return RawMask(_as_viewers_show(np.ascontiguousarray(indices), header), "palette", palette)
+    array = _as_viewers_show(_decode(data, path), header)
     if array.ndim == 3:
         array = array[:, :, :3]
         if (array[:, :, 0] == array[:, :, 1]).all() and (array[:, :, 0] == array[:, :, 2]).all():
