@@ -132,6 +132,33 @@ def test_text_file_named_png(tmp_path):
     train_fails(data, tmp_path, 3, "img_0.png: not an image that can be decoded", "re-export it")
 
 
+def write_stack(path: Path, pages: int, size: tuple[int, int] = (40, 48)) -> Path:
+    """A multi-page TIFF (how EM volumes such as the ISBI 2012 data are often distributed)."""
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full(size, 8 * i, np.uint8)) for i in range(pages)]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    return path
+
+
+def test_a_tiff_stack_is_refused_not_read_as_its_first_page(tmp_path, trained):
+    data = dataset(tmp_path / "data")
+    stack = write_stack(data / "images" / "img_0.tif", 30)
+    (data / "images" / "img_0.png").unlink()
+    train_fails(data, tmp_path, 3, f"{stack}: the file holds 30 images (a multi-page stack", "save each page as its own file")
+    masks = write_stack(data / "masks" / "img_0.tif", 30)
+    (data / "masks" / "img_0.png").unlink()
+    (data / "images" / "img_0.tif").unlink()
+    write_image(data / "images" / "img_0.png", np.zeros((40, 48), np.uint8))
+    train_fails(data, tmp_path, 3, f"{masks}: the file holds 30 images")
+    predict_one_fails(trained, tmp_path, write_stack(tmp_path / "volume.tif", 3), "the file holds 3 images")
+    from PIL import Image
+
+    single = tmp_path / "single.tif"
+    Image.fromarray(np.zeros((40, 48), np.uint8)).save(single)
+    ok(cli("predict", trained.model, single, "-o", tmp_path / "single-out", "--quiet"))
+
+
 def test_predict_bad_files_among_good_ones_exit_5(trained, tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("hello")

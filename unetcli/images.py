@@ -77,7 +77,21 @@ def _peek(data: np.ndarray, path: Path) -> Image.Image | None:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return None  # a format Pillow does not know; OpenCV's own limit still applies
     _check_pixel_limit(path, *header.size)
+    _check_single_image(header, path)
     return header
+
+
+def _check_single_image(header: Image.Image, path: Path) -> None:
+    """OpenCV would decode only the first page of a TIFF stack (or frame of an animation), silently."""
+    try:
+        pages = int(getattr(header, "n_frames", 1))
+    except (OSError, ValueError, SyntaxError, EOFError):
+        return  # a damaged page chain: decoding decides
+    if pages > 1:
+        raise DataError(
+            f"{path}: the file holds {pages} images (a multi-page stack or an animation), and unetcli reads one "
+            "image per file; save each page as its own file (e.g. with Fiji: Image > Stacks > Stack to Images)"
+        )
 
 
 EXIF_ORIENTATION = 0x0112
