@@ -325,3 +325,39 @@ def test_train_compile_falls_back_to_eager_when_compiling_fails(binary_data, tmp
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: --compile failed")]
     assert len(warnings) == 1 and "no C++ compiler found" in warnings[0], describe(result)
     assert (tmp_path / "run" / "model-last" / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------------------ --save probs
+
+
+@pytest.mark.parametrize("tile", ["off", "64"])
+def test_save_probs_writes_16_bit_foreground_probabilities_that_agree_with_the_mask(trained, tmp_path, tile):
+    """Binary model: `<stem>_probs.png`, 16-bit, value / 65535 = P(foreground); thresholded at --threshold it
+    gives the mask, whole (`--tile off`) and through the overlap-tile path (`--tile 64` on 80x96 images)."""
+    out = tmp_path / "out"
+    result = ok(cli("predict", trained.model, *trained.images, "-o", out, "--save", "mask,probs", "--tile", tile,
+                    "--threshold", "0.4", "--json"))
+    records = json_lines(result.stdout)
+    assert [set(r["outputs"]) for r in records] == [{"mask", "probs"}] * len(trained.images)
+    spread = []
+    for image in trained.images:
+        probs, mask = read_values(out / f"{image.stem}_probs.png"), read_values(out / f"{image.stem}.png")
+        assert probs.dtype == np.uint16 and probs.shape == mask.shape == (80, 96)
+        differ = (probs / 65535 > 0.4) != (mask == 255)
+        assert np.all(np.abs(probs[differ] / 65535 - 0.4) <= 1 / 65535)  # only pixels the 16-bit rounding moved
+        spread.append(len(np.unique(probs)))
+    assert min(spread) > 100  # graded probabilities, not a second mask
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{i.stem}{s}.png" for i in trained.images for s in ("", "_probs"))
+    again = ok(cli("predict", trained.model, *trained.images, "-o", out, "--save", "mask,probs", "--skip-existing", "--json"))
+    assert {r["status"] for r in json_lines(again.stdout)} == {"skipped"}
+
+
+def test_an_input_named_like_another_inputs_output_is_refused(trained, tmp_path):
+    """a.png's probabilities would be a_probs.png, which is also the mask of an input called a_probs.png."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(trained.images[0], folder / "a.png")
+    shutil.copy(trained.images[1], folder / "a_probs.png")
+    user_error(cli("predict", trained.model, folder, "-o", tmp_path / "out", "--save", "mask,probs"), 2,
+               "would both write a_probs.png")
+    ok(cli("predict", trained.model, folder, "-o", tmp_path / "out", "--quiet"))  # masks alone do not collide

@@ -202,6 +202,24 @@ def test_index_predictions_use_the_class_ids(tmp_path):
     assert unique_values(outputs) == {0, 1, 2}
 
 
+def test_multiclass_probabilities_one_16_bit_png_per_class(tmp_path):
+    """`<stem>_probs_<id>.png` per class: they sum to 1 at every pixel and their argmax is the mask,
+    whole and in 64-pixel tiles."""
+    data = write_multiclass_dataset(tmp_path / "data", lambda ids: ids, classes=3)
+    run = tmp_path / "run"
+    ok(cli("train", data, "-o", run, *MULTI_TRAIN))
+    for tile in ("off", "64"):
+        out = tmp_path / f"pred-{tile}"
+        ok(cli("predict", run, data / "images", "-o", out, "--save", "mask,probs", "--tile", tile, "--quiet"))
+        for image in sorted((data / "images").iterdir()):
+            probs = np.stack([read_values(out / f"{image.stem}_probs_{k}.png") for k in range(3)])
+            mask = read_values(out / f"{image.stem}.png")
+            assert probs.dtype == np.uint16
+            assert np.abs(probs.astype(np.int64).sum(axis=0) - 65535).max() <= 2  # rounding only
+            assert np.mean(probs.argmax(axis=0) == mask) > 0.999
+        assert not list(out.glob("*_probs.png"))
+
+
 def test_gray_class_map_predictions_use_the_gray_levels(tmp_path):
     data = write_multiclass_dataset(tmp_path / "data", gray_levels([0, 128, 255]), classes=3)
     mapping = tmp_path / "classes.json"

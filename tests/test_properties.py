@@ -174,8 +174,17 @@ def test_blend_with_an_identity_network_returns_the_image(height, width, tile, o
         seen.extend(batch_tiles)
         return np.stack([t.transpose(2, 0, 1).astype(np.float32) for t in batch_tiles])
 
-    ids = blend(MirroredImage(image, grid), grid, forward, 1, lambda logits: np.rint(logits[0]).astype(np.uint8), batch)
+    ids = np.zeros(image.shape[:2], np.uint8)
+    handed = []  # (top, rows): every image row exactly once, in order
+
+    def take_rows(top: int, logits: np.ndarray) -> None:
+        assert logits.shape[0] == 1 and logits.shape[2] == width
+        handed.append((top, logits.shape[1]))
+        ids[top: top + logits.shape[1]] = np.rint(logits[0]).astype(np.uint8)
+
+    blend(MirroredImage(image, grid), grid, forward, 1, take_rows, batch)
     assert len(seen) == len(grid.ys) * len(grid.xs)
+    assert [top for top, _ in handed] == list(np.cumsum([0] + [rows for _, rows in handed])[:-1]) and sum(r for _, r in handed) == height
     np.testing.assert_array_equal(ids, image[:, :, 0])
 
 

@@ -318,7 +318,7 @@ def predict(
     model: Annotated[Path, typer.Argument(help="Model folder (or a run folder: its model-best/ is used).")],
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders, globs, @list.txt, or - for paths on stdin.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (created if missing).")],
-    save: Annotated[str, typer.Option("--save", help="Comma list of mask, color, overlay.")] = "mask",
+    save: Annotated[str, typer.Option("--save", help="Comma list of mask, color, overlay, probs (16-bit PNGs: value / 65535 = probability).")] = "mask",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Same-size images (or tiles) per forward pass, at most; 0: auto "
                                             "(about a quarter megapixel per pass on CPU, the fastest there; up to 8 images on GPUs).")] = 0,
     threshold: Annotated[Optional[float], typer.Option("--threshold", help="Foreground probability threshold (binary models).")] = None,

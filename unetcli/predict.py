@@ -26,7 +26,8 @@ from .images import is_image_file, read_image, remove_stale_temp_files, to_unit_
 from .masks import ClassMap
 from .tiling import MirroredImage, blend, plan_tiles
 
-SAVE_KINDS = ("mask", "color", "overlay")
+SAVE_KINDS = ("mask", "color", "overlay", "probs")
+PROB_SCALE = 65535  # --save probs: 16-bit PNGs, pixel value / 65535 = probability
 PIXELS_PER_FORWARD = 2 ** 21  # at most 2 MP per forward pass (2 tiles of 1024^2), which bounds activation memory
 CPU_PIXELS_PER_FORWARD = 2 ** 18  # batch size auto on CPU: a quarter megapixel per pass is fastest (measured: 512^2
 # images at batch 1 run 20 % faster per pixel than at batch 4; 128^2 ones twice as fast at batch 8 as at batch 1)
@@ -177,11 +178,27 @@ class Predictor:
 
         return class_ids(logits, self.class_map.is_binary, self.threshold).numpy()
 
-    def predict_batch(self, images: list[np.ndarray]) -> np.ndarray:
-        """Same-size stored images, predicted whole -> class ids (N, H, W) uint8."""
+    @property
+    def probability_channels(self) -> int:
+        """--save probs: one map (the foreground's) for binary models, one per class otherwise."""
+        return 1 if self.class_map.is_binary else self.class_map.num_classes
+
+    def probabilities(self, logits, axis: int) -> np.ndarray:
+        """Logits with classes along `axis` -> uint16 probabilities x PROB_SCALE (sigmoid for binary models,
+        softmax otherwise), consistent with the class ids: a pixel is foreground iff its value > threshold."""
+        torch = self.torch
+        logits = torch.as_tensor(logits, dtype=torch.float32)
+        probs = torch.sigmoid(logits) if self.class_map.is_binary else torch.softmax(logits, dim=axis)
+        return (probs * PROB_SCALE).round_().to(torch.int32).numpy().astype(np.uint16)
+
+    def predict_batch(self, images: list[np.ndarray], probs: bool = False):
+        """Same-size stored images, predicted whole -> class ids (N, H, W) uint8; with `probs`, also their
+        probabilities (N, probability_channels, H, W) uint16."""
         height, width = images[0].shape[:2]
         batch = np.stack([self.preprocess(image) for image in images])
-        return self.ids_from_logits(self.logits(batch, height, width))
+        logits = self.logits(batch, height, width)
+        ids = self.ids_from_logits(logits)
+        return (ids, self.probabilities(logits, axis=1)) if probs else ids
 
     def images_per_forward(self, height: int, width: int) -> int:
         """How many images (or tiles) of this size go through the network together: --batch-size within the
@@ -196,10 +213,14 @@ class Predictor:
     def needs_tiles(self, image: np.ndarray) -> bool:
         return bool(self.tile) and (image.shape[0] > self.tile or image.shape[1] > self.tile)
 
-    def predict_image(self, image: np.ndarray, path: Path | str = "image") -> np.ndarray:
-        """One stored image -> class ids (H, W): whole when it fits a tile, else overlap-tile."""
+    def predict_image(self, image: np.ndarray, path: Path | str = "image", probs: bool = False):
+        """One stored image -> class ids (H, W) uint8 (with `probs`, also (probability_channels, H, W)
+        uint16 probabilities): whole when it fits a tile, else overlap-tile."""
         image = match_channels(image, self.in_channels, path)
         if not self.needs_tiles(image):
+            if probs:
+                ids, probabilities = self.predict_batch([image], probs=True)
+                return ids[0], probabilities[0]
             return self.predict_batch([image])[0]
         grid = plan_tiles(image.shape[0], image.shape[1], self.tile, self.overlap)
 
@@ -207,9 +228,17 @@ class Predictor:
             batch = np.stack([self.preprocess(tile, path) for tile in tiles])
             return self.logits(batch, grid.tile_height, grid.tile_width).numpy()
 
-        channels = 1 if self.class_map.is_binary else self.class_map.num_classes
+        ids = np.zeros(image.shape[:2], np.uint8)
+        probabilities = np.zeros((self.probability_channels, *image.shape[:2]), np.uint16) if probs else None
+
+        def take_rows(top: int, logits: np.ndarray) -> None:
+            ids[top: top + logits.shape[1]] = self._ids_from_blended(logits)
+            if probabilities is not None:
+                probabilities[:, top: top + logits.shape[1]] = self.probabilities(logits, axis=0)
+
         per_forward = self.images_per_forward(grid.tile_height, grid.tile_width)
-        return blend(MirroredImage(image, grid), grid, forward, channels, self._ids_from_blended, per_forward)
+        blend(MirroredImage(image, grid), grid, forward, self.probability_channels, take_rows, per_forward)
+        return (ids, probabilities) if probs else ids
 
     def _ids_from_blended(self, logits: np.ndarray) -> np.ndarray:
         """(K, rows, W) blended logits -> (rows, W) ids; same rule as `ids_from_logits`."""
@@ -302,23 +331,34 @@ class PredictResult:
         return json.dumps(data)
 
 
-def output_paths(path: Path, options: PredictOptions) -> dict[str, Path]:
+def output_paths(path: Path, options: PredictOptions, probability_channels: int = 1) -> dict[str, Path]:
+    """kind -> file. --save probs writes `<stem>_probs.png` for a binary model (the foreground's probability)
+    and `<stem>_probs_<class id>.png` per class otherwise."""
     suffix = {"mask": "", "color": "_color", "overlay": "_overlay"}
-    return {kind: options.out_dir / f"{path.stem}{suffix[kind]}.png" for kind in options.save}
+    paths = {}
+    for kind in options.save:
+        if kind != "probs":
+            paths[kind] = options.out_dir / f"{path.stem}{suffix[kind]}.png"
+        elif probability_channels == 1:
+            paths["probs"] = options.out_dir / f"{path.stem}_probs.png"
+        else:
+            paths.update({f"probs_{k}": options.out_dir / f"{path.stem}_probs_{k}.png" for k in range(probability_channels)})
+    return paths
 
 
-def _check_collisions(paths: list[Path], options: PredictOptions) -> None:
-    stems: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in stems and stems[path.stem] != path:
-            raise UsageError(
-                f"{path} and {stems[path.stem]} would both write {path.stem}.png; "
-                "outputs are named after the input file name, so predict them into different -o folders"
-            )
-        stems[path.stem] = path
+def _check_collisions(paths: list[Path], options: PredictOptions, probability_channels: int) -> None:
+    writers: dict[Path, Path] = {}  # output file -> the input that writes it (a.png and a.tif; a.png's
+    for path in paths:  # a_color.png and an input called a_color.png)
+        for target in output_paths(path, options, probability_channels).values():
+            if target in writers and writers[target] != path:
+                raise UsageError(
+                    f"{path} and {writers[target]} would both write {target.name}; "
+                    "outputs are named after the input file name, so predict them into different -o folders"
+                )
+            writers[target] = path
     inputs = {p.resolve() for p in paths if p.exists()}
     for path in paths:
-        for target in output_paths(path, options).values():
+        for target in output_paths(path, options, probability_channels).values():
             if target.resolve() in inputs:
                 raise OutputError(f"{target}: the output would overwrite an input image; choose another -o folder")
 
@@ -336,13 +376,15 @@ def overlay(image: np.ndarray, colour: np.ndarray, ids: np.ndarray, alpha: float
     return blended.astype(np.uint8)
 
 
-def _write_outputs(predictor: Predictor, path: Path, image: np.ndarray, ids: np.ndarray,
+def _write_outputs(predictor: Predictor, path: Path, image: np.ndarray, ids: np.ndarray, probs: np.ndarray | None,
                    options: PredictOptions) -> PredictResult:
     class_map = predictor.class_map
-    targets = output_paths(path, options)
+    targets = output_paths(path, options, predictor.probability_channels)
     try:
         for kind, target in targets.items():
-            if kind == "mask":
+            if kind.startswith("probs"):
+                write_png(target, probs[int(kind[len("probs_"):]) if "_" in kind else 0])
+            elif kind == "mask":
                 palette = class_map.palette if class_map.mode == "palette" else None
                 write_png(target, class_map.encode(ids), palette)
             elif kind == "color":
@@ -391,7 +433,9 @@ def predict_files(predictor: Predictor, paths: list[Path], options: PredictOptio
     if unknown or not options.save:
         raise UsageError(f"--save {','.join(options.save)}: choose from {', '.join(SAVE_KINDS)}")
     paths = select_shard(paths, options.shard)
-    _check_collisions(paths, options)
+    channels = predictor.probability_channels
+    with_probs = "probs" in options.save
+    _check_collisions(paths, options, channels)
     try:
         options.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -402,8 +446,8 @@ def predict_files(predictor: Predictor, paths: list[Path], options: PredictOptio
 
     todo = []
     for path in paths:
-        if options.skip_existing and all(t.exists() for t in output_paths(path, options).values()):
-            yield PredictResult(path, "skipped", {k: str(v) for k, v in output_paths(path, options).items()})
+        if options.skip_existing and all(t.exists() for t in output_paths(path, options, channels).values()):
+            yield PredictResult(path, "skipped", {k: str(v) for k, v in output_paths(path, options, channels).items()})
         else:
             todo.append(path)
 
@@ -417,9 +461,10 @@ def predict_files(predictor: Predictor, paths: list[Path], options: PredictOptio
 
         def flush():
             images = [image for _, image in pending]
-            ids = predictor.predict_batch(images)
-            for (path, image), mask in zip(pending, ids):
-                writes.append(writers.submit(_write_outputs, predictor, path, image, mask, options))
+            ids, probs = predictor.predict_batch(images, probs=True) if with_probs else (predictor.predict_batch(images), None)
+            for i, (path, image) in enumerate(pending):
+                writes.append(writers.submit(_write_outputs, predictor, path, image, ids[i],
+                                             None if probs is None else probs[i], options))
             pending.clear()
 
         for path, (image, error) in zip(todo, decoded):
@@ -432,8 +477,8 @@ def predict_files(predictor: Predictor, paths: list[Path], options: PredictOptio
                 yield PredictResult(path, "error", error=str(err), exit_code=err.exit_code)
                 continue
             if predictor.needs_tiles(image):
-                ids = predictor.predict_image(image, path)
-                writes.append(writers.submit(_write_outputs, predictor, path, image, ids, options))
+                ids, probs = predictor.predict_image(image, path, probs=True) if with_probs else (predictor.predict_image(image, path), None)
+                writes.append(writers.submit(_write_outputs, predictor, path, image, ids, probs, options))
             else:
                 if pending and (pending[0][1].shape != image.shape or len(pending) >= predictor.images_per_forward(*image.shape[:2])):
                     flush()

@@ -8,7 +8,7 @@ for a trained model), whatever the tile size, except for encoders that pool over
 (squeeze-and-excitation: efficientnet, se_resnext, ...), where a tile's global context differs. A tile
 never exceeds the padded image along either axis, so a 3 x 100000 strip is cut into 32 x N tiles, not
 N x N ones. Rows of tiles are processed in order and blended in a band one tile tall: memory grows with the
-image width, not with its area (the finished class ids are uint8).
+image width, not with its area (the caller keeps what it needs of finished rows: uint8 class ids).
 """
 
 from __future__ import annotations
@@ -111,26 +111,25 @@ def blend(
     grid: TileGrid,
     forward: Callable[[list[np.ndarray]], np.ndarray],
     channels: int,
-    to_ids: Callable[[np.ndarray], np.ndarray],
+    take_rows: Callable[[int, np.ndarray], None],
     batch_size: int = 4,
-) -> np.ndarray:
-    """Run `forward` on batches of tiles, blend their (N, channels, tile_height, tile_width) logits with a
-    Gaussian, and turn finished rows into class ids with `to_ids` ((channels, rows, W) -> (rows, W)).
-    Returns (H, W) uint8."""
+) -> None:
+    """Run `forward` on batches of tiles and blend their (N, channels, tile_height, tile_width) logits with a
+    Gaussian. Rows that get no further tiles go to `take_rows(top, logits)`: the blended (channels, rows, W)
+    logits of image rows top, top + 1, ...; only a band one tile high is ever held."""
     tile_height, tile_width = grid.tile_height, grid.tile_width
     weight = gaussian_weight(tile_height, tile_width)
-    ids = np.zeros((grid.height, grid.width), np.uint8)
     band = np.zeros((channels, tile_height, grid.padded_width), np.float32)
     band_weight = np.zeros((tile_height, grid.padded_width), np.float32)
     band_top = 0  # image row of band[0]
 
     def finish(rows: int) -> None:
-        """Turn the band's first `rows` rows into ids (those rows get no further tiles)."""
+        """Hand on the band's first `rows` rows (they get no further tiles)."""
         bottom = min(band_top + rows, grid.height)
         if bottom > band_top:
             logits = band[:, : bottom - band_top, : grid.width]
             weights = band_weight[: bottom - band_top, : grid.width]
-            ids[band_top: bottom] = to_ids(logits / weights)
+            take_rows(band_top, logits / weights)
 
     for y in grid.ys:
         if y > band_top:
@@ -148,4 +147,3 @@ def blend(
                 band[:, :, x: x + tile_width] += tile_logits * weight
                 band_weight[:, x: x + tile_width] += weight
     finish(tile_height)
-    return ids
