@@ -60,9 +60,9 @@ def test_masks_round_trip_through_predicts_writer_and_the_reader(class_map, size
     ids = np.random.default_rng(seed).integers(0, class_map.num_classes, size).astype(np.uint8)
     with tempfile.TemporaryDirectory() as folder:
         options = PredictOptions(out_dir=Path(folder), save=("mask", "color"))
-        predictor = types.SimpleNamespace(class_map=class_map)
+        predictor = types.SimpleNamespace(class_map=class_map, probability_channels=1)
         image = np.zeros((*size, 1), np.uint8)
-        result = _write_outputs(predictor, Path("input.tif"), image, ids, options)
+        result = _write_outputs(predictor, Path("input.tif"), image, ids, None, options)
         assert result.status == "ok", result.error
         raw = read_mask(Path(folder) / "input.png")
         colour_values = class_map.mode == "rgb" and any(len(set(c.value)) > 1 for c in class_map.classes)
