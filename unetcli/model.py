@@ -183,8 +183,10 @@ def pick_precision(requested: str, device: torch.device) -> Precision:
     if requested == "fp16" and device.type == "cpu":
         raise UsageError("--precision fp16 is for GPUs; on CPU use bf16 (fast on CPUs with AMX/AVX512-BF16) or fp32")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
-    # channels_last is what makes bf16 fast on CPU (oneDNN); on GPUs it helps tensor cores too.
-    return Precision(requested, dtype, channels_last=dtype is not None)
+    # channels_last is what makes bf16 fast on CPU (oneDNN); on GPUs it helps tensor cores too. On CPU it
+    # speeds up fp32 as well (resnet34 U-Net, 2 cores: inference 1.5x, a training step 1.35x; with oneDNN
+    # limited to AVX2, as on most laptops, 1.24x and 1.15x). fp32 on GPUs keeps the default layout.
+    return Precision(requested, dtype, channels_last=dtype is not None or device.type == "cpu")
 
 
 def cast_weights(model: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:
