@@ -4,7 +4,8 @@
 1. Throughput: `unetcli predict` (default options) on 64 membrane-size (512x512) PNGs, whole process from
    files to written masks, against the plain loop a user would write (OpenCV read, normalise, fp32 eager
    model at batch 1, argmax/threshold, write), same model, both as fresh processes; and per extra image
-   (the 64-image run minus an 8-image run, for both), which leaves out the start-up both pay.
+   (the 64-image run minus an 8-image run, for both), which leaves out the start-up both pay; and the same
+   for `--precision fp32`, what CPUs without native bf16 get.
 2. Achieved model GFLOP/s during predict (marginal: the 64-image run minus an 8-image run, so start-up
    is excluded) versus this machine's bf16 convolution peak (a large channels_last conv).
 3. bf16 vs fp32: the share of pixels whose class differs (membrane test slices).
@@ -250,8 +251,12 @@ def main() -> None:
             ours_s, _ = timed(UNETCLI + ["predict", str(model), str(scratch / "inputs"), "-o", str(scratch / "ours"), "-q", "--device", args.device])
             plain_few_s, _ = timed([sys.executable, str(plain_script), str(model), str(scratch / "plain_few"), args.device] + [str(p) for p in few])
             few_s, _ = timed(UNETCLI + ["predict", str(model), *map(str, few), "-o", str(scratch / "few"), "-q", "--device", args.device])
+            fp32 = ["--precision", "fp32"]  # what CPUs without native bf16 get (channels_last, folded BatchNorm)
+            fp32_s, _ = timed(UNETCLI + ["predict", str(model), str(scratch / "inputs"), "-o", str(scratch / "fp32"), "-q", "--device", args.device, *fp32])
+            fp32_few_s, _ = timed(UNETCLI + ["predict", str(model), *map(str, few), "-o", str(scratch / "fp32_few"), "-q", "--device", args.device, *fp32])
             marginal = (ours_s - few_s) / (len(inputs) - len(few))
             plain_marginal = (plain_s - plain_few_s) / (len(inputs) - len(few))
+            fp32_marginal = (fp32_s - fp32_few_s) / (len(inputs) - len(few))
             results["throughput"] = {
                 "images": len(inputs), "unetcli_s": round(ours_s, 2), "plain_loop_s": round(plain_s, 2),
                 "unetcli_img_per_s": round(len(inputs) / ours_s, 2), "plain_img_per_s": round(len(inputs) / plain_s, 2),
@@ -259,6 +264,8 @@ def main() -> None:
                 # per extra image, start-up (imports, model load: ~4 s for both) excluded
                 "unetcli_s_per_image_marginal": round(marginal, 3), "plain_s_per_image_marginal": round(plain_marginal, 3),
                 "speedup_marginal": round(plain_marginal / marginal, 2),
+                "unetcli_fp32_s": round(fp32_s, 2), "speedup_fp32": round(plain_s / fp32_s, 2),
+                "unetcli_fp32_s_per_image_marginal": round(fp32_marginal, 3), "speedup_fp32_marginal": round(plain_marginal / fp32_marginal, 2),
                 "unetcli_startup_s": round(few_s - len(few) * marginal, 2),
                 "plain_startup_s": round(plain_few_s - len(few) * plain_marginal, 2),
             }

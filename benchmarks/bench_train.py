@@ -3,9 +3,9 @@
 
 `unetcli train` with default options (bf16 autocast + channels_last where the CPU has native bf16, random
 256-pixel crops, default augmentation, batch 8, resnet34) against the plain loop a user would write: the
-same model, the same 256-pixel crops and loss, fp32 eager, contiguous memory. Images/s are taken from
-steady-state epochs (the first epoch is left out: it includes one-off warm-up costs).
-On CPU it also profiles one default step of the same model and reports its convolutions' own time: the
+same model, the same 256-pixel crops and loss, fp32 eager, contiguous memory. On CPU also `unetcli train
+--precision fp32`, what CPUs without native bf16 get. Images/s are taken from steady-state epochs (the first
+epoch is left out: it includes one-off warm-up costs). On CPU it also profiles one default step of the same model and reports its convolutions' own time: the
 images/s of a step that did nothing but its convolutions bounds what any implementation could reach.
 
 Usage: python benchmarks/bench_train.py [--epochs 3] [--samples 128] [--device cuda]
@@ -55,6 +55,14 @@ for step in range(steps):
 steady = times[2:]
 print(batch * len(steady) / sum(steady))
 '''
+
+
+def steady_rate(run: Path, samples: int) -> float:
+    """Images/s over a run's epochs after the first (which includes one-off warm-up costs)."""
+    with open(run / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    steady = rows[1:] or rows
+    return samples * len(steady) / sum(float(r["seconds"]) for r in steady)
 
 
 def convolution_floor(batch: int, crop: int, steps: int = 3) -> dict:
@@ -111,10 +119,12 @@ def main() -> None:
                         "--epochs", str(args.epochs), "--samples-per-epoch", str(args.samples), "--device", args.device,
                         "--batch-size", str(args.batch_size), "--crop", str(args.crop), "-q"], check=True)
         results["unetcli_wall_s"] = round(time.perf_counter() - start, 1)
-        with open(f"{scratch}/run/history.csv") as handle:
-            rows = list(csv.DictReader(handle))
-        steady = rows[1:] or rows
-        ours = args.samples * len(steady) / sum(float(r["seconds"]) for r in steady)
+        ours = steady_rate(Path(scratch) / "run", args.samples)
+        if args.device == "cpu":  # what CPUs without native bf16 get: fp32, channels_last
+            subprocess.run([sys.executable, "-m", "unetcli", "train", str(data), "-o", f"{scratch}/run-fp32", "--val-split", "0",
+                            "--epochs", str(args.epochs), "--samples-per-epoch", str(args.samples), "--precision", "fp32",
+                            "--batch-size", str(args.batch_size), "--crop", str(args.crop), "-q"], check=True)
+            fp32 = steady_rate(Path(scratch) / "run-fp32", args.samples)
         script = Path(scratch) / "plain.py"
         script.write_text(PLAIN_LOOP)
         plain = subprocess.run([sys.executable, str(script), str(args.plain_steps), str(args.batch_size), args.device, str(args.crop),
@@ -124,6 +134,7 @@ def main() -> None:
     results.update({"unetcli_img_per_s": round(ours, 2), "plain_fp32_img_per_s": round(plain_rate, 2),
                     "speedup": round(ours / plain_rate, 2)})
     if args.device == "cpu":
+        results.update({"unetcli_fp32_img_per_s": round(fp32, 2), "speedup_fp32": round(fp32 / plain_rate, 2)})
         floor = convolution_floor(args.batch_size, args.crop)
         floor["conv_only_speedup"] = round(floor["conv_only_img_per_s"] / plain_rate, 2)
         results["convolution_floor"] = floor
