@@ -102,7 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--samples", type=int, default=128, help="crops per epoch for unetcli")
-    parser.add_argument("--plain-steps", type=int, default=12)
+    parser.add_argument("--plain-steps", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=8, help="for both (unetcli's default: 8)")
     parser.add_argument("--crop", type=int, default=256, help="for both (unetcli's default: 256; at most 512)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: unetcli with AMP against the plain fp32 loop on the GPU")
