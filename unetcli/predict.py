@@ -185,7 +185,7 @@ class Predictor:
 
     def probabilities(self, logits, axis: int) -> np.ndarray:
         """Logits with classes along `axis` -> uint16 probabilities x PROB_SCALE (sigmoid for binary models,
-        softmax otherwise), consistent with the class ids: a pixel is foreground iff its value > threshold."""
+        softmax otherwise), consistent with the class ids up to the 16-bit rounding."""
         torch = self.torch
         logits = torch.as_tensor(logits, dtype=torch.float32)
         probs = torch.sigmoid(logits) if self.class_map.is_binary else torch.softmax(logits, dim=axis)
@@ -219,8 +219,8 @@ class Predictor:
         image = match_channels(image, self.in_channels, path)
         if not self.needs_tiles(image):
             if probs:
-                ids, probabilities = self.predict_batch([image], probs=True)
-                return ids[0], probabilities[0]
+                ids, maps = self.predict_batch([image], probs=True)
+                return ids[0], maps[0]
             return self.predict_batch([image])[0]
         grid = plan_tiles(image.shape[0], image.shape[1], self.tile, self.overlap)
 
@@ -229,16 +229,16 @@ class Predictor:
             return self.logits(batch, grid.tile_height, grid.tile_width).numpy()
 
         ids = np.zeros(image.shape[:2], np.uint8)
-        probabilities = np.zeros((self.probability_channels, *image.shape[:2]), np.uint16) if probs else None
+        maps = np.zeros((self.probability_channels, *image.shape[:2]), np.uint16) if probs else None
 
         def take_rows(top: int, logits: np.ndarray) -> None:
             ids[top: top + logits.shape[1]] = self._ids_from_blended(logits)
-            if probabilities is not None:
-                probabilities[:, top: top + logits.shape[1]] = self.probabilities(logits, axis=0)
+            if maps is not None:
+                maps[:, top: top + logits.shape[1]] = self.probabilities(logits, axis=0)
 
         per_forward = self.images_per_forward(grid.tile_height, grid.tile_width)
         blend(MirroredImage(image, grid), grid, forward, self.probability_channels, take_rows, per_forward)
-        return (ids, probabilities) if probs else ids
+        return (ids, maps) if probs else ids
 
     def _ids_from_blended(self, logits: np.ndarray) -> np.ndarray:
         """(K, rows, W) blended logits -> (rows, W) ids; same rule as `ids_from_logits`."""
@@ -383,7 +383,7 @@ def _write_outputs(predictor: Predictor, path: Path, image: np.ndarray, ids: np.
     try:
         for kind, target in targets.items():
             if kind.startswith("probs"):
-                write_png(target, probs[int(kind[len("probs_"):]) if "_" in kind else 0])
+                write_png(target, probs[0 if kind == "probs" else int(kind.removeprefix("probs_"))])
             elif kind == "mask":
                 palette = class_map.palette if class_map.mode == "palette" else None
                 write_png(target, class_map.encode(ids), palette)
