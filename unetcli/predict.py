@@ -191,14 +191,17 @@ class Predictor:
         probs = torch.sigmoid(logits) if self.class_map.is_binary else torch.softmax(logits, dim=axis)
         return (probs * PROB_SCALE).round_().to(torch.int32).numpy().astype(np.uint16)
 
-    def predict_batch(self, images: list[np.ndarray], probs: bool = False):
-        """Same-size stored images, predicted whole -> class ids (N, H, W) uint8; with `probs`, also their
-        probabilities (N, probability_channels, H, W) uint16."""
+    def predict_batch(self, images: list[np.ndarray]) -> np.ndarray:
+        """Same-size stored images, predicted whole -> class ids (N, H, W) uint8."""
+        return self.predict_batch_maps(images, probs=False)[0]
+
+    def predict_batch_maps(self, images: list[np.ndarray], probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Same-size stored images, predicted whole -> class ids (N, H, W) uint8 and, with `probs`, their
+        probabilities (N, probability_channels, H, W) uint16 (else None)."""
         height, width = images[0].shape[:2]
         batch = np.stack([self.preprocess(image) for image in images])
         logits = self.logits(batch, height, width)
-        ids = self.ids_from_logits(logits)
-        return (ids, self.probabilities(logits, axis=1)) if probs else ids
+        return self.ids_from_logits(logits), self.probabilities(logits, axis=1) if probs else None
 
     def images_per_forward(self, height: int, width: int) -> int:
         """How many images (or tiles) of this size go through the network together: --batch-size within the
@@ -213,15 +216,17 @@ class Predictor:
     def needs_tiles(self, image: np.ndarray) -> bool:
         return bool(self.tile) and (image.shape[0] > self.tile or image.shape[1] > self.tile)
 
-    def predict_image(self, image: np.ndarray, path: Path | str = "image", probs: bool = False):
-        """One stored image -> class ids (H, W) uint8 (with `probs`, also (probability_channels, H, W)
-        uint16 probabilities): whole when it fits a tile, else overlap-tile."""
+    def predict_image(self, image: np.ndarray, path: Path | str = "image") -> np.ndarray:
+        """One stored image -> class ids (H, W) uint8: whole when it fits a tile, else overlap-tile."""
+        return self.predict_image_maps(image, path, probs=False)[0]
+
+    def predict_image_maps(self, image: np.ndarray, path: Path | str, probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """One stored image -> class ids (H, W) uint8 and, with `probs`, its probabilities (probability_channels,
+        H, W) uint16 (else None): whole when it fits a tile, else overlap-tile."""
         image = match_channels(image, self.in_channels, path)
         if not self.needs_tiles(image):
-            if probs:
-                ids, maps = self.predict_batch([image], probs=True)
-                return ids[0], maps[0]
-            return self.predict_batch([image])[0]
+            ids, maps = self.predict_batch_maps([image], probs)
+            return ids[0], None if maps is None else maps[0]
         grid = plan_tiles(image.shape[0], image.shape[1], self.tile, self.overlap)
 
         def forward(tiles: list[np.ndarray]) -> np.ndarray:
@@ -238,7 +243,7 @@ class Predictor:
 
         per_forward = self.images_per_forward(grid.tile_height, grid.tile_width)
         blend(MirroredImage(image, grid), grid, forward, self.probability_channels, take_rows, per_forward)
-        return (ids, maps) if probs else ids
+        return ids, maps
 
     def _ids_from_blended(self, logits: np.ndarray) -> np.ndarray:
         """(K, rows, W) blended logits -> (rows, W) ids; same rule as `ids_from_logits`."""
@@ -346,19 +351,20 @@ def output_paths(path: Path, options: PredictOptions, probability_channels: int 
     return paths
 
 
-def _check_collisions(paths: list[Path], options: PredictOptions, probability_channels: int) -> None:
+def _check_collisions(targets: dict[Path, dict[str, Path]]) -> None:
+    """`targets`: each input's output files (see output_paths)."""
     writers: dict[Path, Path] = {}  # output file -> the input that writes it (a.png and a.tif; a.png's
-    for path in paths:  # a_color.png and an input called a_color.png)
-        for target in output_paths(path, options, probability_channels).values():
+    for path, outputs in targets.items():  # a_color.png and an input called a_color.png)
+        for target in outputs.values():
             if target in writers and writers[target] != path:
                 raise UsageError(
                     f"{path} and {writers[target]} would both write {target.name}; "
                     "outputs are named after the input file name, so predict them into different -o folders"
                 )
             writers[target] = path
-    inputs = {p.resolve() for p in paths if p.exists()}
-    for path in paths:
-        for target in output_paths(path, options, probability_channels).values():
+    inputs = {p.resolve() for p in targets if p.exists()}
+    for outputs in targets.values():
+        for target in outputs.values():
             if target.resolve() in inputs:
                 raise OutputError(f"{target}: the output would overwrite an input image; choose another -o folder")
 
@@ -433,9 +439,9 @@ def predict_files(predictor: Predictor, paths: list[Path], options: PredictOptio
     if unknown or not options.save:
         raise UsageError(f"--save {','.join(options.save)}: choose from {', '.join(SAVE_KINDS)}")
     paths = select_shard(paths, options.shard)
-    channels = predictor.probability_channels
     with_probs = "probs" in options.save
-    _check_collisions(paths, options, channels)
+    targets = {path: output_paths(path, options, predictor.probability_channels) for path in paths}
+    _check_collisions(targets)
     try:
         options.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -446,8 +452,8 @@ def predict_files(predictor: Predictor, paths: list[Path], options: PredictOptio
 
     todo = []
     for path in paths:
-        if options.skip_existing and all(t.exists() for t in output_paths(path, options, channels).values()):
-            yield PredictResult(path, "skipped", {k: str(v) for k, v in output_paths(path, options, channels).items()})
+        if options.skip_existing and all(t.exists() for t in targets[path].values()):
+            yield PredictResult(path, "skipped", {k: str(v) for k, v in targets[path].items()})
         else:
             todo.append(path)
 
@@ -461,7 +467,7 @@ def predict_files(predictor: Predictor, paths: list[Path], options: PredictOptio
 
         def flush():
             images = [image for _, image in pending]
-            ids, probs = predictor.predict_batch(images, probs=True) if with_probs else (predictor.predict_batch(images), None)
+            ids, probs = predictor.predict_batch_maps(images, with_probs)
             for i, (path, image) in enumerate(pending):
                 writes.append(writers.submit(_write_outputs, predictor, path, image, ids[i],
                                              None if probs is None else probs[i], options))
@@ -477,7 +483,7 @@ def predict_files(predictor: Predictor, paths: list[Path], options: PredictOptio
                 yield PredictResult(path, "error", error=str(err), exit_code=err.exit_code)
                 continue
             if predictor.needs_tiles(image):
-                ids, probs = predictor.predict_image(image, path, probs=True) if with_probs else (predictor.predict_image(image, path), None)
+                ids, probs = predictor.predict_image_maps(image, path, with_probs)
                 writes.append(writers.submit(_write_outputs, predictor, path, image, ids, probs, options))
             else:
                 if pending and (pending[0][1].shape != image.shape or len(pending) >= predictor.images_per_forward(*image.shape[:2])):
