@@ -129,12 +129,10 @@ def test_16_bit_and_rgb_images_are_read(tmp_path):
 # ------------------------------------------------------------------------------------- EXIF orientation
 
 
-def with_orientation(path, array: np.ndarray, orientation: int, fmt: str = "PNG"):
-    """Write `array` as stored pixels with an EXIF orientation tag (Pillow writes eXIf chunks in PNGs too)."""
-    from PIL import Image
-
+def with_orientation(path, image, orientation: int, fmt: str = "PNG"):
+    """Write a Pillow image (its pixels as stored) with an EXIF orientation tag (Pillow writes eXIf chunks in
+    PNGs too)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.fromarray(array)
     exif = image.getexif()
     exif[0x0112] = orientation
     image.save(path, fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
@@ -150,19 +148,17 @@ def test_images_and_masks_are_read_as_viewers_show_them(tmp_path):
     stored = colour(5, 7)
     for orientation in range(1, 9):
         for name, array in (("rgb", stored), ("gray", stored[:, :, 0])):
-            path = with_orientation(tmp_path / f"{name}{orientation}.png", array, orientation)
+            path = with_orientation(tmp_path / f"{name}{orientation}.png", Image.fromarray(array), orientation)
             expected = np.asarray(ImageOps.exif_transpose(Image.open(path)))
             got = read_image(path)
             assert got.shape[:2] == ((5, 7) if orientation < 5 else (7, 5)), orientation
             np.testing.assert_array_equal(got if name == "rgb" else got[:, :, 0], expected, err_msg=f"{name} {orientation}")
         indices = Image.fromarray(stored[:, :, 0] % 3, mode="P")
         indices.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0])
-        exif = indices.getexif()
-        exif[0x0112] = orientation
-        indices.save(tmp_path / f"palette{orientation}.png", exif=exif.tobytes())
-        raw = read_mask(tmp_path / f"palette{orientation}.png")
+        path = with_orientation(tmp_path / f"palette{orientation}.png", indices, orientation)
+        raw = read_mask(path)
         assert raw.kind == "palette"
-        np.testing.assert_array_equal(raw.values, np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / f"palette{orientation}.png"))))
+        np.testing.assert_array_equal(raw.values, np.asarray(ImageOps.exif_transpose(Image.open(path))))
 
 
 def test_a_phone_photo_with_an_orientation_tag_pairs_with_the_mask_drawn_on_what_viewers_show(trained, tmp_path):
@@ -173,7 +169,7 @@ def test_a_phone_photo_with_an_orientation_tag_pairs_with_the_mask_drawn_on_what
 
     portrait = colour(96, 64)  # what the viewer shows: 64 wide, 96 tall
     landscape = np.rot90(portrait, 1).copy()  # stored: turned so that orientation 6 (90 degrees clockwise) undoes it
-    photo = with_orientation(tmp_path / "data" / "images" / "photo.jpg", landscape, 6, "JPEG")
+    photo = with_orientation(tmp_path / "data" / "images" / "photo.jpg", Image.fromarray(landscape), 6, "JPEG")
     assert Image.open(photo).size == (96, 64)
     write_image(tmp_path / "data" / "masks" / "photo.png", mask(96, 64))
     write_image(tmp_path / "data" / "images" / "plain.png", colour(96, 64))
