@@ -247,16 +247,24 @@ def main() -> None:
         if "throughput" in parts:
             plain_script = scratch / "plain_loop.py"
             plain_script.write_text(PLAIN_LOOP)
-            plain_s, _ = timed([sys.executable, str(plain_script), str(model), str(scratch / "plain"), args.device] + [str(p) for p in inputs])
-            ours_s, _ = timed(UNETCLI + ["predict", str(model), str(scratch / "inputs"), "-o", str(scratch / "ours"), "-q", "--device", args.device])
-            plain_few_s, _ = timed([sys.executable, str(plain_script), str(model), str(scratch / "plain_few"), args.device] + [str(p) for p in few])
-            few_s, _ = timed(UNETCLI + ["predict", str(model), *map(str, few), "-o", str(scratch / "few"), "-q", "--device", args.device])
-            fp32 = ["--precision", "fp32"]  # what CPUs without native bf16 get (channels_last, folded BatchNorm)
-            fp32_s, _ = timed(UNETCLI + ["predict", str(model), str(scratch / "inputs"), "-o", str(scratch / "fp32"), "-q", "--device", args.device, *fp32])
-            fp32_few_s, _ = timed(UNETCLI + ["predict", str(model), *map(str, few), "-o", str(scratch / "fp32_few"), "-q", "--device", args.device, *fp32])
-            marginal = (ours_s - few_s) / (len(inputs) - len(few))
-            plain_marginal = (plain_s - plain_few_s) / (len(inputs) - len(few))
-            fp32_marginal = (fp32_s - fp32_few_s) / (len(inputs) - len(few))
+
+            def plain_loop(images: list[Path], out: str) -> float:
+                return timed([sys.executable, str(plain_script), str(model), str(scratch / out), args.device, *map(str, images)])[0]
+
+            def unetcli(images: list[Path], out: str, *extra: str) -> float:
+                return timed(UNETCLI + ["predict", str(model), *map(str, images), "-o", str(scratch / out), "-q", "--device", args.device, *extra])[0]
+
+            def per_image(all_s: float, few_s: float) -> float:
+                return (all_s - few_s) / (len(inputs) - len(few))
+
+            plain_s = plain_loop(inputs, "plain")
+            ours_s = unetcli([scratch / "inputs"], "ours")
+            plain_few_s = plain_loop(few, "plain_few")
+            few_s = unetcli(few, "few")
+            fp32 = ("--precision", "fp32")  # what CPUs without native bf16 get (channels_last, folded BatchNorm)
+            fp32_s = unetcli([scratch / "inputs"], "fp32", *fp32)
+            fp32_few_s = unetcli(few, "fp32_few", *fp32)
+            marginal, plain_marginal, fp32_marginal = per_image(ours_s, few_s), per_image(plain_s, plain_few_s), per_image(fp32_s, fp32_few_s)
             results["throughput"] = {
                 "images": len(inputs), "unetcli_s": round(ours_s, 2), "plain_loop_s": round(plain_s, 2),
                 "unetcli_img_per_s": round(len(inputs) / ours_s, 2), "plain_img_per_s": round(len(inputs) / plain_s, 2),

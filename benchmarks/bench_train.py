@@ -114,17 +114,19 @@ def main() -> None:
                      "load_at_start": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as scratch:
         data = link_slices(Path(scratch) / "membrane")
+
+        def unetcli_rate(name: str, *extra: str) -> float:
+            """`unetcli train` into scratch/name; its steady-state images/s."""
+            subprocess.run([sys.executable, "-m", "unetcli", "train", str(data), "-o", f"{scratch}/{name}", "--val-split", "0",
+                            "--epochs", str(args.epochs), "--samples-per-epoch", str(args.samples), "--device", args.device,
+                            "--batch-size", str(args.batch_size), "--crop", str(args.crop), "-q", *extra], check=True)
+            return steady_rate(Path(scratch) / name, args.samples)
+
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "unetcli", "train", str(data), "-o", f"{scratch}/run", "--val-split", "0",
-                        "--epochs", str(args.epochs), "--samples-per-epoch", str(args.samples), "--device", args.device,
-                        "--batch-size", str(args.batch_size), "--crop", str(args.crop), "-q"], check=True)
+        ours = unetcli_rate("run")
         results["unetcli_wall_s"] = round(time.perf_counter() - start, 1)
-        ours = steady_rate(Path(scratch) / "run", args.samples)
         if args.device == "cpu":  # what CPUs without native bf16 get: fp32, channels_last
-            subprocess.run([sys.executable, "-m", "unetcli", "train", str(data), "-o", f"{scratch}/run-fp32", "--val-split", "0",
-                            "--epochs", str(args.epochs), "--samples-per-epoch", str(args.samples), "--precision", "fp32",
-                            "--batch-size", str(args.batch_size), "--crop", str(args.crop), "-q"], check=True)
-            fp32 = steady_rate(Path(scratch) / "run-fp32", args.samples)
+            fp32 = unetcli_rate("run-fp32", "--precision", "fp32")
         script = Path(scratch) / "plain.py"
         script.write_text(PLAIN_LOOP)
         plain = subprocess.run([sys.executable, str(script), str(args.plain_steps), str(args.batch_size), args.device, str(args.crop),
