@@ -79,7 +79,7 @@ def load_snapshot() -> dict:
 def machine_facts() -> dict:
     import torch
 
-    from unetcli.model import cpu_has_native_bf16, pick_device, pick_precision
+    from unetcli.runtime import cpu_has_native_bf16, pick_device, pick_precision
 
     device = pick_device("auto")
     return {

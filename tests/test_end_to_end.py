@@ -287,7 +287,8 @@ def test_resume_continues_exactly(binary_data, tmp_path):
     GPU kernels (cuDNN's backward, atomics) are not bitwise reproducible even between two straight runs."""
     from safetensors.torch import load_file
 
-    from unetcli.train import EpochDone, TrainOptions, train
+    from unetcli.options import TrainOptions
+    from unetcli.train import EpochDone, train
 
     args = ("--encoder", "resnet18", "--crop", "32", "--samples-per-epoch", "8", "--batch-size", "4", "--seed", "0", "--device", "cpu")
     ok(cli("train", binary_data, "-o", tmp_path / "straight", *args, "--epochs", "2", "--quiet"))

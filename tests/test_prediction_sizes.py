@@ -234,15 +234,18 @@ def test_folding_refuses_a_convolution_whose_output_is_used_twice():
     assert fold_batchnorms(model, torch.randn(1, 3, 16, 16)) is model
 
 
-def test_precision_layouts():
+def test_precision_layouts(monkeypatch):
     """channels_last wherever it pays: bf16/fp16 everywhere, and fp32 on CPU (1.5x for inference there);
-    fp32 on GPUs keeps the default layout."""
+    fp32 on GPUs keeps the default layout. UNETCLI_PRECISION decides what auto means for a whole run."""
     import torch
 
-    from unetcli.model import cpu_has_native_bf16, pick_precision
+    from unetcli.runtime import cpu_has_native_bf16, pick_precision
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert pick_precision("fp32", cpu).channels_last and pick_precision("bf16", cpu).channels_last
     assert not pick_precision("fp32", gpu).channels_last and pick_precision("fp16", gpu).channels_last
+    monkeypatch.delenv("UNETCLI_PRECISION", raising=False)
     auto = pick_precision("auto", cpu)
     assert auto.name == ("bf16" if cpu_has_native_bf16() else "fp32") and auto.channels_last
+    monkeypatch.setenv("UNETCLI_PRECISION", "fp32")
+    assert pick_precision("auto", cpu).name == "fp32" and pick_precision("bf16", cpu).name == "bf16"

@@ -28,9 +28,10 @@ TRAIN_STATE_FILE = "train_state.pt"
 
 
 def package_versions() -> dict[str, str]:
-    import albumentations
     import segmentation_models_pytorch
     import torch
+
+    from .transforms import A as albumentations
 
     return {
         "unetcli": __version__,

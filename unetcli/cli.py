@@ -239,7 +239,7 @@ def train(
     """Train a U-Net on a folder of images and masks."""
 
     def action():
-        from .train import TrainOptions, resume_options
+        from .options import TrainOptions, resume_options
         from .train import train as run_training
 
         given = dict(

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from .images import write_png
-from .train import TrainOptions
+from .options import TrainOptions
 
 
 def _blotches(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

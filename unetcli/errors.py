@@ -31,6 +31,19 @@ class ModelFolderError(UnetcliError):
     exit_code = 4
 
 
+class UnetcliWarning(UserWarning):
+    """Something the user should know that does not stop the work. Library code issues these with
+    `warnings.warn`; the CLI renders each as one `warning:` line (library code never prints)."""
+
+
+class CompileFailedWarning(UnetcliWarning):
+    """torch.compile failed at its first call; the work goes on with the eager model."""
+
+    def __init__(self, reason: str, doing: str):
+        super().__init__(f"torch.compile failed ({reason}); {doing} without it")
+        self.reason, self.doing = reason, doing
+
+
 def first_line(err: BaseException, limit: int = 300) -> str:
     """`Type: first line of the message` of an exception from a library, short enough for one error line."""
     text = str(err).strip().splitlines()

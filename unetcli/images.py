@@ -7,8 +7,10 @@ Both are turned as their EXIF orientation says, i.e. as image viewers and annota
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +27,26 @@ IMAGE_EXTENSIONS = frozenset(
 LOSSY_EXTENSIONS = frozenset(".jpg .jpeg .jpe .jp2".split())
 DEFAULT_MAX_PIXELS = 1 << 30  # about 32k x 32k; override with UNETCLI_MAX_PIXELS
 
-Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit, with our own message
-cv2.setNumThreads(1)  # OpenCV's pool competes with torch's threads on small machines
-if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+_PILLOW_LIMIT = threading.Lock()
+
+
+@contextlib.contextmanager
+def _own_pixel_limit():
+    """Pillow's decompression-bomb guard off for one header read: unetcli checks the size against its own
+    limit (UNETCLI_MAX_PIXELS) with its own message. Pillow's setting is global, so it is restored at once
+    (and calls of ours are serialised) rather than turned off for every program that imports unetcli."""
+    with _PILLOW_LIMIT:
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+def _open(source) -> Image.Image:
+    with _own_pixel_limit():
+        return Image.open(source)
 
 
 def max_pixels() -> int:
@@ -73,7 +91,7 @@ def _peek(data: np.ndarray, path: Path) -> Image.Image | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            header = Image.open(io.BytesIO(data.tobytes()))
+            header = _open(io.BytesIO(data.tobytes()))
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return None  # a format Pillow does not know; OpenCV's own limit still applies
     _check_pixel_limit(path, *header.size)
@@ -127,7 +145,7 @@ def _as_viewers_show(array: np.ndarray, header: Image.Image | None) -> np.ndarra
 def exif_rotates(path: Path) -> bool:
     """True if the file's EXIF orientation swaps its width and height (a hint for size mismatch messages)."""
     try:
-        with Image.open(path) as header:
+        with _open(path) as header:
             return _orientation(header) in (5, 6, 7, 8)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return False
@@ -151,7 +169,7 @@ def _check_png(data: np.ndarray, path: Path) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            Image.open(io.BytesIO(data)).verify()
+            _open(io.BytesIO(data)).verify()
     except Exception:  # noqa: BLE001 - Pillow raises many types for damaged files
         raise _undecodable(path) from None
 

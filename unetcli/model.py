@@ -1,20 +1,13 @@
-"""The network (smp.Unet with its nearest-neighbour decoder), losses, device and precision choices."""
+"""The network (smp.Unet with its nearest-neighbour decoder), its loss, and inference-time weight preparation."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import warnings
-from dataclasses import dataclass
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub unless weights are asked for
+import segmentation_models_pytorch as smp
+import torch
 
-import segmentation_models_pytorch as smp  # noqa: E402
-import torch  # noqa: E402
-
-from .errors import UnetcliError, UsageError  # noqa: E402
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from .errors import UnetcliError, UsageError
 
 
 def build_model(encoder: str, in_channels: int, out_channels: int, encoder_weights: str | None = None) -> torch.nn.Module:
@@ -24,8 +17,6 @@ def build_model(encoder: str, in_channels: int, out_channels: int, encoder_weigh
         close = [n for n in names if encoder.split("-")[0][:6] in n][:8] or names[:8]
         raise UsageError(f"unknown encoder {encoder!r}; for example: {', '.join(close)} (see smp's encoder list)")
     weights = None if encoder_weights in (None, "none", "None") else encoder_weights
-    if weights is not None:
-        os.environ["HF_HUB_OFFLINE"] = "0"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -131,62 +122,6 @@ def class_ids(logits: torch.Tensor, binary: bool, threshold: float = 0.5) -> tor
     if binary:
         return (torch.sigmoid(logits[:, 0].float()) > threshold).to(torch.uint8)
     return logits.argmax(dim=1).to(torch.uint8)
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    """auto: the GPU of this torchrun rank (LOCAL_RANK) or the first GPU, else Apple MPS, else the CPU."""
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise UsageError(f"--device {requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda but no CUDA GPU is visible; use --device cpu")
-    return device
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-@dataclass(frozen=True)
-class Precision:
-    name: str  # fp32 | bf16 | fp16
-    dtype: torch.dtype | None  # autocast dtype, None for fp32
-    channels_last: bool
-
-    def autocast(self, device: torch.device):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=self.dtype)
-
-
-def pick_precision(requested: str, device: torch.device) -> Precision:
-    """auto: bf16 on CPUs with native bf16 and on GPUs that support it, fp16 on older GPUs, else fp32."""
-    if requested not in PRECISIONS:
-        raise UsageError(f"--precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
-    if requested == "auto":
-        if device.type == "cuda":
-            requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        elif device.type == "cpu" and cpu_has_native_bf16():
-            requested = "bf16"
-        else:
-            requested = "fp32"
-    if requested == "fp16" and device.type == "cpu":
-        raise UsageError("--precision fp16 is for GPUs; on CPU use bf16 (fast on CPUs with AMX/AVX512-BF16) or fp32")
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
-    # channels_last is what makes bf16 fast on CPU (oneDNN); on GPUs it helps tensor cores too. On CPU it
-    # speeds up fp32 as well (resnet34 U-Net, 2 cores: inference 1.5x, a training step 1.35x; with oneDNN
-    # limited to AVX2, as on most laptops, 1.24x and 1.15x). fp32 on GPUs keeps the default layout.
-    return Precision(requested, dtype, channels_last=dtype is not None or device.type == "cpu")
 
 
 def cast_weights(model: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:

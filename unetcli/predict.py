@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import sys
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
-from .errors import DataError, ModelFolderError, OutputError, UnetcliError, UsageError, first_line
+from .errors import CompileFailedWarning, DataError, ModelFolderError, OutputError, UnetcliError, UsageError, first_line
 from .images import is_image_file, read_image, remove_stale_temp_files, to_unit_range, write_png
 from .masks import ClassMap
 from .tiling import MirroredImage, blend, plan_tiles
@@ -112,7 +113,8 @@ class Predictor:
         import torch
 
         from .checkpoint import load_model_folder
-        from .model import cast_weights, fold_batchnorms, pick_device, pick_precision
+        from .model import cast_weights, fold_batchnorms
+        from .runtime import pick_device, pick_precision
         from .transforms import from_dict
 
         loaded = load_model_folder(path)
@@ -167,7 +169,7 @@ class Predictor:
 
     def _compile_failed(self, err: Exception) -> None:
         self.compiled = None
-        print(f"warning: --compile failed ({first_line(err, 200)}); predicting without it", file=sys.stderr, flush=True)
+        warnings.warn(CompileFailedWarning(first_line(err, 200), "predicting"), stacklevel=2)
 
     @staticmethod
     def _flipped(x, dims):

@@ -14,8 +14,7 @@ import io
 import math
 import os
 import random
-import signal
-import sys
+import warnings
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,9 +22,9 @@ from typing import Iterator
 
 import numpy as np
 
-from .checkpoint import TRAIN_STATE_FILE
+from .options import TrainOptions, parse_class_weights
 from .data import DatasetScan, Pair, find_pairs, require_clean, resolve_layout, scan_dataset, split_pairs
-from .errors import OutputError, UnetcliError, UsageError, first_line
+from .errors import CompileFailedWarning, OutputError, UnetcliError, UsageError, first_line
 from .images import encode_png, to_unit_range, write_bytes_atomic, write_png
 from .masks import IGNORE_ID, ClassMap
 from .metrics import confusion_matrix, counts_from_confusion, nanmean, scores_from_counts
@@ -33,79 +32,8 @@ from .report import example_grid, training_curves
 from .weightmap import border_weight_map
 
 
-@dataclass(frozen=True)
-class TrainOptions:
-    out: Path  # run folder: model-best/, model-last/, history.csv, run.yaml
-    data: Path | None = None  # folder with images/ and masks/
-    images: Path | None = None  # or explicit folders
-    masks: Path | None = None
-    val: Path | None = None  # separate validation folder; else a seeded split
-    val_split: float = 0.2
-    encoder: str = "resnet34"
-    encoder_weights: str = "none"  # 'none' = random init, offline; e.g. 'imagenet' downloads
-    classes: int | None = None  # None = from the masks
-    mask_mode: str = "auto"
-    ignore_index: int | None = None  # a mask value whose pixels are left out of loss and metrics
-    class_map_file: Path | None = None
-    epochs: int = 40
-    batch_size: int = 8
-    crop: int = 256
-    lr: float = 1e-3
-    loss: str = "dice+ce"
-    class_weights: str = "none"  # none | auto (inverse sqrt frequency) | comma list, one per class
-    border_weight: bool = False  # the U-Net paper's weight map on the cross-entropy term
-    border_w0: float = 10.0
-    border_sigma: float = 5.0
-    consistency: float = 0.0  # weight of the flip/rotation invariance regulariser; 0 = off
-    foreground_crops: float = 0.3  # share of crops that contain foreground
-    augment: str = "default"
-    samples_per_epoch: int = 256  # random crops per epoch (at least one per image)
-    patience: int | None = None  # stop after this many epochs without improvement
-    min_delta: float = 0.0
-    time_limit: float | None = None  # seconds; the LR schedule follows the clock when set
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    workers: int | None = None  # DataLoader workers; None = 0 on CPU, 4 on GPU
-    compile: bool = False  # torch.compile the training forward/backward; eager if compiling fails
-    overwrite: bool = False
-    resume: bool = False  # continue `out` from its model-last/ (see `resume_options`)
-
-
-# Options a resumed run may change; everything else must stay as the run was started.
-RESUMABLE_CHANGES = ("epochs", "patience", "min_delta", "time_limit", "device", "precision", "workers", "compile")
-
-
 class TrainingInterrupted(UnetcliError):
     exit_code = 130
-
-
-def resume_options(run: Path, changes: dict) -> TrainOptions:
-    """The options a run was started with, plus the allowed `changes`; other changes are refused."""
-    from .checkpoint import read_meta, recover_folder
-
-    run = Path(run)
-    last = run / "model-last"
-    if run.is_dir():  # repair a save that was killed half-way (SIGKILL, power loss)
-        recover_folder(last)
-        recover_folder(run / "model-best")
-    if not (last / TRAIN_STATE_FILE).is_file():
-        raise UsageError(f"{run}: nothing to resume (no model-last/{TRAIN_STATE_FILE}); start a new run without --resume")
-    stored = dict(read_meta(last).get("training", {}))
-    fields = {f.name: f for f in dataclasses.fields(TrainOptions)}
-    for key in ("out", "data", "images", "masks", "val", "class_map_file"):
-        if stored.get(key) is not None:
-            stored[key] = Path(stored[key])
-    refused = [f"--{k.replace('_', '-')} {v} (the run has {stored.get(k)})" for k, v in changes.items()
-               if k not in RESUMABLE_CHANGES and k in fields and v != stored.get(k)]
-    if refused:
-        raise UsageError(
-            f"{run}: cannot change {', '.join(refused)} on resume; only {', '.join(RESUMABLE_CHANGES)} may change. "
-            "Start a new run (-o) to train with other options"
-        )
-    merged = {k: v for k, v in stored.items() if k in fields}
-    merged.update({k: v for k, v in changes.items() if k in RESUMABLE_CHANGES})
-    return TrainOptions(**{**merged, "out": run, "resume": True})
 
 
 @dataclass(frozen=True)
@@ -187,23 +115,6 @@ class _CropDataset:
         weight = torch.from_numpy(np.ascontiguousarray(out["weight"])) if self.weights is not None else torch.ones(())
         return (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(out["mask"]).long(),
                 weight)
-
-
-def parse_class_weights(text: str, class_pixels: list[int]) -> list[float] | None:
-    from .model import auto_class_weights
-
-    if text in ("none", "", None):
-        return None
-    if text == "auto":
-        return auto_class_weights(class_pixels)
-    try:
-        weights = [float(v) for v in text.split(",")]
-    except ValueError:
-        weights = []
-    if len(weights) != len(class_pixels) or any(w < 0 for w in weights):
-        raise UsageError(f"--class-weights {text!r}: use none, auto, or {len(class_pixels)} non-negative numbers "
-                         "separated by commas (one per class)")
-    return weights
 
 
 def _check_run_folder(options: TrainOptions) -> None:
@@ -301,74 +212,6 @@ def _load_data(options: TrainOptions) -> _Data:
     return _Data(train_pairs, val_pairs, scan, val_scan)
 
 
-class _Distributed:
-    """torchrun support: with WORLD_SIZE > 1, one process per rank (gloo on CPU, nccl on GPU). Only rank 0
-    validates and writes files; decisions that end the loop are agreed on by all ranks."""
-
-    def __init__(self, device):
-        import os
-
-        import torch
-
-        self.torch = torch
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.device = device
-        if self.world > 1 and not torch.distributed.is_initialized():
-            if device.type == "cuda":
-                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-                torch.cuda.set_device(self.device)
-            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def wrap(self, model):
-        if self.world == 1:
-            return model
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return self.torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-    def sampler(self, dataset, seed: int):
-        if self.world == 1:
-            return None
-        return self.torch.utils.data.DistributedSampler(dataset, self.world, self.rank, shuffle=True, seed=seed)
-
-    def any(self, flag: bool) -> bool:
-        """True on every rank when `flag` is true on some rank."""
-        if self.world == 1:
-            return flag
-        value = self.torch.tensor([int(flag)], device=self.device if self.device.type == "cuda" else "cpu")
-        self.torch.distributed.all_reduce(value, op=self.torch.distributed.ReduceOp.MAX)
-        return bool(value.item())
-
-    def mean(self, value: float) -> float:
-        """The mean of `value` over ranks."""
-        if self.world == 1:
-            return value
-        tensor = self.torch.tensor([value], dtype=self.torch.float64,
-                                   device=self.device if self.device.type == "cuda" else "cpu")
-        self.torch.distributed.all_reduce(tensor)
-        return float(tensor.item()) / self.world
-
-    def from_main(self, flag: bool) -> bool:
-        """Rank 0's value of `flag`, on every rank."""
-        if self.world == 1:
-            return flag
-        value = self.torch.tensor([int(flag)], device=self.device if self.device.type == "cuda" else "cpu")
-        self.torch.distributed.broadcast(value, src=0)
-        return bool(value.item())
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            self.torch.distributed.barrier()
-
-    def close(self) -> None:
-        if self.world > 1 and self.torch.distributed.is_initialized():
-            self.torch.distributed.destroy_process_group()
-
-
 def _model_meta(options: TrainOptions, data: _Data, pipeline_config, eval_pipeline, train_pipeline) -> dict:
     from .model import output_channels
     from .transforms import to_dict
@@ -415,13 +258,14 @@ def train(options: TrainOptions) -> Iterator:
     import torch
 
     from .checkpoint import save_model_folder
-    from .model import SegmentationLoss, build_model, output_channels, pick_device, pick_precision
+    from .model import SegmentationLoss, build_model, output_channels
+    from .runtime import Distributed, StopRequest, pick_device, pick_precision
     from .predict import Predictor
     from .transforms import PipelineConfig, build_eval, build_train
 
     if options.epochs < 1 or options.batch_size < 1 or options.crop < 32 or options.crop % 32:
         raise UsageError("--epochs and --batch-size must be >= 1 and --crop a multiple of 32 (>= 32)")
-    dist = _Distributed(pick_device(options.device))
+    dist = Distributed(pick_device(options.device))
     device = dist.device
     precision = pick_precision(options.precision, device)
     data = _load_data(options)
@@ -479,7 +323,7 @@ def train(options: TrainOptions) -> Iterator:
         _write_run_yaml(run_dir, options)
     start = time.monotonic()
     reason = "completed"
-    stop = _StopRequest()
+    stop = StopRequest()
     done_before, tail = progress.epoch, 0.0  # tail: seconds the last validation + save took
 
     def save_last(metrics: dict) -> None:
@@ -517,7 +361,7 @@ def train(options: TrainOptions) -> Iterator:
                     if trained is eager or running:
                         raise
                     trained = eager
-                    print(f"warning: --compile failed ({first_line(err, 200)}); training without it", file=sys.stderr, flush=True)
+                    warnings.warn(CompileFailedWarning(first_line(err, 200), "training"), stacklevel=1)
                     running.append(_train_step(trained, batch, loss_fn, optimizer, scaler, precision, device, options,
                                                class_map.is_binary))
                 progress.step += 1
@@ -570,30 +414,6 @@ def train(options: TrainOptions) -> Iterator:
         stop.restore()
         dist.close()
     yield TrainingDone(run_dir, progress.best_epoch, progress.best_score, reason, progress.best_metrics)
-
-
-class _StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves model-last/ and stops cleanly."""
-
-    def __init__(self):
-        self.requested: str | None = None
-        self.previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self.previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C: stop at once
-            self.restore()
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        self.previous = {}
 
 
 def _restore(last: Path, model, optimizer, scaler, class_map: ClassMap) -> dict:

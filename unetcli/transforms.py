@@ -12,12 +12,28 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would otherwise check PyPI on import
+import cv2
+import numpy as np
 
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
+from .errors import UsageError
 
-from .errors import UsageError  # noqa: E402
+
+def _import_albumentations():
+    """albumentations asks PyPI for a newer version when imported, unless NO_ALBUMENTATIONS_UPDATE is set:
+    set it for the import only, so the caller's environment stays as it was."""
+    previous = os.environ.get("NO_ALBUMENTATIONS_UPDATE")
+    os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
+    try:
+        import albumentations
+    finally:
+        if previous is None:
+            del os.environ["NO_ALBUMENTATIONS_UPDATE"]
+        else:
+            os.environ["NO_ALBUMENTATIONS_UPDATE"] = previous
+    return albumentations
+
+
+A = _import_albumentations()
 
 AUGMENT_PRESETS = ("none", "light", "default", "heavy", "elastic")
 STRIDE = 32  # U-Net with a 5-stage encoder halves the resolution five times
@@ -108,6 +124,16 @@ def build_eval(config: PipelineConfig) -> A.Compose:
                           position="top_left", border_mode=REFLECT),
         ]
     )
+
+
+def to_network_input(pipeline: A.Compose, image: np.ndarray, **targets) -> tuple[np.ndarray, dict]:
+    """Apply a pipeline to an H x W x C float image in [0, 1] (and its targets: mask, weight); returns the image
+    as a contiguous C x H' x W' float32 array, and the pipeline's other outputs."""
+    out = pipeline(image=image, **targets)
+    result = out.pop("image")
+    if result.ndim == 2:
+        result = result[:, :, None]
+    return np.ascontiguousarray(result.transpose(2, 0, 1), dtype=np.float32), out
 
 
 def to_dict(pipeline: A.Compose) -> dict:
