@@ -92,7 +92,7 @@ def machine_facts() -> dict:
         "device_auto": str(device),
         "cpu_has_native_bf16": cpu_has_native_bf16(),
         "precision_auto": pick_precision("auto", device).name,
-        "cli": " ".join(cli_command()),
+        "cli": " ".join(Path(part).name for part in cli_command()),  # names only: results are shared
     }
 
 

@@ -136,7 +136,7 @@ def conv_peak_gflops(device: str = "cpu") -> float:
 def class_agreement(model_dir: Path, images: list[Path], device: str) -> float:
     """Share of pixels whose class differs between bf16 and fp32 prediction."""
     from unetcli.images import read_image
-    from unetcli.predict import Predictor
+    from unetcli.predictor import Predictor
 
     bf16 = Predictor.from_folder(model_dir, device, precision="bf16")
     fp32 = Predictor.from_folder(model_dir, device, precision="fp32")
@@ -164,7 +164,7 @@ def compile_against_eager(model_dir: Path, images: list[Path], device: str, batc
     """In one process: eager and compiled Predictors at the default precision on the same decoded slices, each
     warmed up on one batch first (the compiled one's warm-up is the compile), then timed over all of them."""
     from unetcli.images import read_image
-    from unetcli.predict import Predictor
+    from unetcli.predictor import Predictor
 
     decoded = [read_image(path) for path in images]
     batches = [decoded[i: i + batch_size] for i in range(0, len(decoded), batch_size)]
@@ -189,7 +189,7 @@ def compile_against_eager(model_dir: Path, images: list[Path], device: str, batc
 def tiled_against_whole(model_dir: Path, device: str, size: int = 2048) -> dict:
     """fp32 whole-image prediction of a size x size mosaic of test slices (mirrored so edges continue) against
     the model's default tiles and 512-pixel tiles: the share of pixels with the same class."""
-    from unetcli.predict import Predictor
+    from unetcli.predictor import Predictor
 
     slices = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in sorted((MEMBRANE / "test" / "images").glob("*.png"))]
     rows = []
@@ -241,7 +241,7 @@ def main() -> None:
             raise SystemExit(f"--parts: unknown {', '.join(sorted(parts - set(PARTS)))}; choose from {', '.join(PARTS)}")
         if args.skip_large:
             parts.discard("large")
-        results["model"] = str(args.model) if args.model else f"trained for {args.train_minutes} min"
+        results["model"] = Path(args.model).name if args.model else f"trained for {args.train_minutes} min"  # no local paths
 
         # 1. throughput, side by side
         if "throughput" in parts:

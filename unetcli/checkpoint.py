@@ -7,22 +7,22 @@ network is built with encoder_weights=None, so it never touches the network.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import __version__
 from .errors import ModelFolderError, OutputError
 from .images import process_alive
 from .masks import ClassMap
+from .modelmeta import META_FILE, ModelMeta
 
-FORMAT_NAME = "unetcli-model"
-FORMAT_VERSION = 1
-META_FILE = "unetcli.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", META_FILE)
 TRAIN_STATE_FILE = "train_state.pt"
 
@@ -93,7 +93,7 @@ def replace_folder(target: Path, write: Callable[[Path], None]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_model_folder(target: Path, model, meta: dict[str, Any], train_state: dict | None = None,
+def save_model_folder(target: Path, model, meta: ModelMeta, *, train_state: dict | None = None,
                       extra_files: dict[str, bytes] | None = None) -> None:
     import torch
 
@@ -102,8 +102,7 @@ def save_model_folder(target: Path, model, meta: dict[str, Any], train_state: di
     def write_files(folder: Path) -> None:
         plain.save_pretrained(folder)
         (folder / "README.md").unlink(missing_ok=True)  # smp's generic hub card; unetcli.json says more
-        meta_full = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **meta, "versions": package_versions()}
-        (folder / META_FILE).write_text(json.dumps(meta_full, indent=2) + "\n", encoding="utf-8")
+        dataclasses.replace(meta, versions=package_versions()).save(folder)
         if train_state is not None:
             torch.save(train_state, folder / TRAIN_STATE_FILE)
         for name, data in (extra_files or {}).items():
@@ -124,20 +123,23 @@ def save_model_folder(target: Path, model, meta: dict[str, Any], train_state: di
 class LoadedModel:
     path: Path
     model: Any  # torch.nn.Module in eval mode
-    meta: dict
-    class_map: ClassMap
+    meta: ModelMeta
+
+    @property
+    def class_map(self) -> ClassMap:
+        return self.meta.classes
 
     @property
     def binary(self) -> bool:
-        return self.class_map.is_binary
+        return self.meta.binary
 
     @property
     def in_channels(self) -> int:
-        return int(self.meta["in_channels"])
+        return self.meta.in_channels
 
     @property
     def threshold(self) -> float:
-        return float(self.meta.get("threshold", 0.5))
+        return self.meta.threshold
 
 
 def resolve_model_dir(path: Path) -> Path:
@@ -148,8 +150,8 @@ def resolve_model_dir(path: Path) -> Path:
     return path
 
 
-def read_meta(path: Path) -> dict:
-    """unetcli.json of a model folder, checked for presence and format version (no torch needed)."""
+def read_meta(path: Path) -> ModelMeta:
+    """The checked (and, for older folders, upgraded) description of a model folder (no torch needed)."""
     path = Path(path)
     if not path.is_dir():
         raise ModelFolderError(f"{path}: not a model folder (expected a folder such as runs/NAME/model-best)")
@@ -157,59 +159,7 @@ def read_meta(path: Path) -> dict:
     if missing:
         hint = " (it looks like a run folder: use its model-best/ or model-last/)" if (path / "model-best").is_dir() else ""
         raise ModelFolderError(f"{path}: model folder is missing {', '.join(missing)}{hint}")
-    try:
-        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ModelFolderError(f"{path / META_FILE}: not valid JSON ({err}); the model folder is damaged") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise ModelFolderError(f"{path / META_FILE}: not a unetcli model description")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ModelFolderError(
-            f"{path / META_FILE}: model format version {version!r}, but this unetcli ({__version__}) reads "
-            f"version {FORMAT_VERSION}; use the unetcli version that wrote it, or retrain"
-        )
-    for key in ("classes", "in_channels", "pipeline"):
-        if key not in meta:
-            raise ModelFolderError(f"{path / META_FILE}: lacks the {key!r} entry; the model folder is damaged")
-    _check_meta(path / META_FILE, meta)
-    return meta
-
-
-def expected_out_channels(meta: dict) -> int:
-    """Logits the network of a (checked) model description must have: one for binary, else one per class."""
-    classes = meta["classes"]
-    return 1 if classes["mode"] == "binary" else len(classes["classes"])
-
-
-def _check_meta(file: Path, meta: dict) -> None:
-    """What predict, evaluate and info rely on, so that a damaged or hand-edited unetcli.json is refused
-    with its file named instead of crashing (or predicting garbage) later."""
-
-    def damaged(what: str) -> ModelFolderError:
-        return ModelFolderError(f"{file}: {what}; the model folder is damaged (use an intact copy or retrain)")
-
-    channels = meta["in_channels"]
-    if not isinstance(channels, int) or isinstance(channels, bool) or not 1 <= channels <= 64:
-        raise damaged(f"in_channels is {channels!r}, not a channel count")
-    try:
-        ClassMap.from_dict(meta["classes"])
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise damaged(f"the class table is invalid ({type(err).__name__}: {err})") from None
-    out = meta.get("out_channels", expected_out_channels(meta))
-    if out != expected_out_channels(meta):
-        raise damaged(f"out_channels is {out!r} but the class table ({meta['classes']['mode']}, "
-                      f"{len(meta['classes']['classes'])} classes) needs {expected_out_channels(meta)}")
-    pipeline = meta["pipeline"]
-    try:
-        steps = pipeline["eval"]["transform"]["transforms"]
-        names = [step["__class_fullname__"] for step in steps]
-        config = pipeline["config"]
-        numbers = [float(v) for v in (*config["mean"], *config["std"])]
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise damaged(f"the pipeline description is invalid ({type(err).__name__}: {err})") from None
-    if not all(isinstance(name, str) for name in names) or len(numbers) != 2 * channels:
-        raise damaged(f"the pipeline description does not fit {channels} input channel(s)")
+    return ModelMeta.load(path)
 
 
 def read_config(path: Path) -> tuple[type, dict]:
@@ -256,10 +206,7 @@ def load_model_folder(path: Path) -> LoadedModel:
 
     path = Path(path)
     meta = read_meta(path)
-    try:
-        class_map = ClassMap.from_dict(meta["classes"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ModelFolderError(f"{path / META_FILE}: the class table is damaged ({err})") from None
+    class_map = meta.classes
     model = _build_from_config(path)
     try:
         state = load_file(str(path / "model.safetensors"))
@@ -271,14 +218,14 @@ def load_model_folder(path: Path) -> LoadedModel:
         first = str(err).splitlines()[0][:200]
         raise ModelFolderError(f"{path / 'model.safetensors'}: weights do not fit config.json ({first})") from None
     have = {"in_channels": _config_value(path, "in_channels", 3), "classes": _config_value(path, "classes", 1)}
-    want = {"in_channels": int(meta["in_channels"]), "classes": expected_out_channels(meta)}
+    want = {"in_channels": meta.in_channels, "classes": meta.out_channels}
     if have != want:
         raise ModelFolderError(
             f"{path / META_FILE}: describes {want['in_channels']} input channel(s) and {want['classes']} output "
             f"channel(s) ({class_map.mode}, {class_map.num_classes} classes), but the network in config.json and "
             f"model.safetensors has {have['in_channels']} and {have['classes']}; the model folder is damaged")
     model.eval()
-    return LoadedModel(path, model, meta, class_map)
+    return LoadedModel(path, model, meta)
 
 
 def load_train_state(path: Path) -> dict:

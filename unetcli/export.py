@@ -12,6 +12,7 @@ two proves the dynamic batch axis.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -24,6 +25,8 @@ import numpy as np
 
 from . import __version__
 from .errors import OutputError, UnetcliError, UsageError, first_line
+from .modelmeta import META_FILE, ModelMeta
+from .transforms import STRIDE
 
 FORMATS = ("onnx", "torchscript", "folder")
 SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript",
@@ -36,7 +39,6 @@ TRACE_SIZE = 256  # side of the dummy input the network is traced/exported with
 CHECK_SHAPE = (2, 75, 150)  # batch, height, width of the check images (padded to 96 x 160 by the pipeline)
 TOLERANCE = 1e-3  # largest accepted absolute difference of logits between the export and PyTorch
 HALF_TOLERANCE = 0.01  # fp16 weights: largest difference relative to the largest |logit| (11 significant bits)
-STRIDE = 32
 
 
 class ExportCheckError(UnetcliError):
@@ -110,20 +112,15 @@ def _check_target(file: Path, model_dir: Path) -> None:
         raise OutputError(f"{file.parent}: cannot create the output folder ({err.strerror or err})") from None
 
 
-def check_batch(meta: dict, shape: tuple[int, int, int] = CHECK_SHAPE, seed: int = 0) -> np.ndarray:
+def check_batch(meta: ModelMeta, shape: tuple[int, int, int] = CHECK_SHAPE, seed: int = 0) -> np.ndarray:
     """Random [0, 1] images of an odd size through the model's stored eval pipeline -> (N, C, H', W') float32."""
-    from .transforms import from_dict
+    from .transforms import from_dict, to_network_input
 
-    pipeline = from_dict(meta["pipeline"]["eval"])
+    pipeline = from_dict(meta.pipeline["eval"])
     rng = np.random.default_rng(seed)
     batch, height, width = shape
-    channels = int(meta["in_channels"])
-    images = []
-    for _ in range(batch):
-        out = pipeline(image=rng.random((height, width, channels), dtype=np.float32))["image"]
-        if out.ndim == 2:
-            out = out[:, :, None]
-        images.append(out.transpose(2, 0, 1))
+    images = [to_network_input(pipeline, rng.random((height, width, meta.in_channels), dtype=np.float32))[0]
+              for _ in range(batch)]
     return np.ascontiguousarray(np.stack(images), dtype=np.float32)
 
 
@@ -190,10 +187,10 @@ def _run_torchscript(tmp: Path, batch: np.ndarray) -> np.ndarray:
                                "nothing was written. Try --format onnx, or rerun with --debug and report it") from err
 
 
-def describe(loaded, fmt: str, file: Path, check: dict, versions: dict) -> dict:
+def describe(loaded, fmt: str, file: Path, *, check: dict, versions: dict) -> dict:
     """The sidecar: how to feed the exported network and read its output, as `unetcli predict` does."""
     meta = loaded.meta
-    config = meta["pipeline"]["config"]
+    config = meta.pipeline_config
     channels = loaded.in_channels
     binary = loaded.binary
     threshold = loaded.threshold
@@ -239,17 +236,17 @@ def describe(loaded, fmt: str, file: Path, check: dict, versions: dict) -> dict:
         "output": output,
         "binary": binary,
         "threshold": threshold,
-        "classes": meta["classes"],
-        "tile": meta.get("tile", {}),
-        "pipeline": {"config": config, "eval": meta["pipeline"]["eval"]},
+        "classes": meta.classes.to_dict(),
+        "tile": dataclasses.asdict(meta.tile),
+        "pipeline": {"config": config, "eval": meta.pipeline["eval"]},
         "check": check,
-        "source": {"model": str(loaded.path.resolve()), "epoch": meta.get("epoch"),
-                   "metrics": meta.get("metrics", {}), "versions": meta.get("versions", {})},
+        "source": {"model": str(loaded.path.resolve()), "epoch": meta.epoch, "metrics": meta.metrics,
+                   "versions": meta.versions},
         "versions": versions,
     }
 
 
-def export_folder(model_dir: Path, target: Path, half: bool, tolerance: float) -> ExportResult:
+def export_folder(model_dir: Path, target: Path, *, half: bool, tolerance: float) -> ExportResult:
     """A clean model folder (config.json, model.safetensors, unetcli.json; no training state) for sharing.
     With `half` the weights are stored as fp16 (half the size); loading turns them back into fp32. The copy
     is loaded back and its logits compared with the original's before it is renamed into place."""
@@ -258,7 +255,7 @@ def export_folder(model_dir: Path, target: Path, half: bool, tolerance: float) -
     import torch
     from safetensors.torch import load_file, save_file
 
-    from .checkpoint import META_FILE, load_model_folder, replace_folder
+    from .checkpoint import load_model_folder, replace_folder
 
     source = load_model_folder(model_dir)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
@@ -273,9 +270,7 @@ def export_folder(model_dir: Path, target: Path, half: bool, tolerance: float) -
     def write(folder: Path) -> None:
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
         shutil.copyfile(source.path / "config.json", folder / "config.json")
-        meta = json.loads((source.path / META_FILE).read_text(encoding="utf-8"))
-        meta["weights_dtype"] = "float16" if half else "float32"
-        (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        dataclasses.replace(source.meta.shareable(), weights_dtype="float16" if half else "float32").save(folder)
         with torch.no_grad():
             copied = load_model_folder(folder).model(batch).numpy()
         diff = float(np.abs(copied - reference).max())
@@ -287,10 +282,46 @@ def export_folder(model_dir: Path, target: Path, half: bool, tolerance: float) -
 
     checks: list[tuple[float, float]] = []  # (max |difference|, its limit), set by write()
     replace_folder(target, write)
-    return ExportResult("folder", target, target / META_FILE, source.path, *checks[0], tuple(batch.shape))
+    (diff, limit), = checks
+    return ExportResult(format="folder", file=target, sidecar=target / META_FILE, model=source.path, max_abs_diff=diff,
+                        tolerance=limit, check_input=tuple(batch.shape))
 
 
-def export_model(model_dir: Path, file: Path, fmt: str = "auto", tolerance: float | None = None,
+def _check_tolerance(tolerance: float | None, half: bool) -> float:
+    if tolerance is None:
+        return HALF_TOLERANCE if half else TOLERANCE
+    if not tolerance > 0:
+        raise UsageError(f"--tolerance {tolerance}: use a positive number (default {TOLERANCE})")
+    return tolerance
+
+
+def _export_checked(model, fmt: str, tmp: Path, *, batch: np.ndarray, tolerance: float) -> tuple[int | None, float]:
+    """Write the network to `tmp` and run it back on `batch`; returns (ONNX opset or None, max |difference|
+    from PyTorch's logits). Raises ExportCheckError when the difference is above `tolerance`."""
+    import torch
+
+    dummy = torch.randn(1, batch.shape[1], TRACE_SIZE, TRACE_SIZE)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(batch)).numpy()
+    if fmt == "onnx":
+        opset = _export_onnx(model, dummy, tmp)
+        exported = _run_onnx(tmp, batch)
+    else:
+        opset = None
+        _export_torchscript(model, dummy, tmp)
+        exported = _run_torchscript(tmp, batch)
+    if exported.shape != reference.shape:
+        raise ExportCheckError(f"the exported {fmt} network returns logits of shape {list(exported.shape)} "
+                               f"where PyTorch gives {list(reference.shape)}; nothing was written")
+    diff = float(np.abs(exported.astype(np.float32) - reference).max())
+    if not diff <= tolerance:  # also catches NaN
+        raise ExportCheckError(f"the exported {fmt} network differs from PyTorch by up to {diff:.3g} in the "
+                               f"logits (limit {tolerance:g}); nothing was written. Rerun with --debug and "
+                               "report it")
+    return opset, diff
+
+
+def export_model(model_dir: Path, file: Path, fmt: str = "auto", *, tolerance: float | None = None,
                  half: bool = False) -> ExportResult:
     """Export the model folder to FILE (ONNX or TorchScript) and FILE.json, or to a clean model folder;
     check the logits against PyTorch.
@@ -305,49 +336,27 @@ def export_model(model_dir: Path, file: Path, fmt: str = "auto", tolerance: floa
     fmt = pick_format(fmt, file)
     if half and fmt != "folder":
         raise UsageError(f"--half applies to --format folder only (the {fmt} export is fp32)")
-    if tolerance is None:
-        tolerance = HALF_TOLERANCE if half else TOLERANCE
-    if not tolerance > 0:
-        raise UsageError(f"--tolerance {tolerance}: use a positive number (default {TOLERANCE})")
+    tolerance = _check_tolerance(tolerance, half)
     if fmt == "folder":
-        return export_folder(Path(model_dir), file, half, tolerance)
+        return export_folder(Path(model_dir), file, half=half, tolerance=tolerance)
     versions = {"unetcli": __version__, "torch": torch.__version__}
     if fmt == "onnx":
         versions.update(require_onnx_packages())
     loaded = load_model_folder(model_dir)
     _check_target(file, loaded.path)
-
-    model = loaded.model.float().eval().cpu()
-    dummy = torch.randn(1, loaded.in_channels, TRACE_SIZE, TRACE_SIZE)
     batch = check_batch(loaded.meta)
-    with torch.no_grad():
-        reference = model(torch.from_numpy(batch)).numpy()
-
     tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
     try:
-        if fmt == "onnx":
-            opset = _export_onnx(model, dummy, tmp)
-            exported = _run_onnx(tmp, batch)
-        else:
-            opset = None
-            _export_torchscript(model, dummy, tmp)
-            exported = _run_torchscript(tmp, batch)
-        if exported.shape != reference.shape:
-            raise ExportCheckError(f"the exported {fmt} network returns logits of shape {list(exported.shape)} "
-                                   f"where PyTorch gives {list(reference.shape)}; nothing was written")
-        diff = float(np.abs(exported.astype(np.float32) - reference).max())
-        if not diff <= tolerance:  # also catches NaN
-            raise ExportCheckError(f"the exported {fmt} network differs from PyTorch by up to {diff:.3g} in the "
-                                   f"logits (limit {tolerance:g}); nothing was written. Rerun with --debug and "
-                                   "report it")
+        opset, diff = _export_checked(loaded.model.float().eval().cpu(), fmt, tmp, batch=batch, tolerance=tolerance)
         check = {"input_shape": list(batch.shape), "max_abs_diff": diff, "tolerance": tolerance,
                  "runtime": "onnxruntime (CPU)" if fmt == "onnx" else "torch.jit.load (CPU)"}
         sidecar = file.with_name(file.name + ".json")
-        text = json.dumps(describe(loaded, fmt, file, check, versions), indent=2) + "\n"
+        text = json.dumps(describe(loaded, fmt, file, check=check, versions=versions), indent=2) + "\n"
         os.replace(tmp, file)
     except OSError as err:
         raise OutputError(f"{file}: cannot write ({err.strerror or err}); check free space and permissions") from None
     finally:
         tmp.unlink(missing_ok=True)
     write_bytes_atomic(sidecar, text.encode("utf-8"))
-    return ExportResult(fmt, file, sidecar, loaded.path, diff, tolerance, tuple(batch.shape), opset)
+    return ExportResult(format=fmt, file=file, sidecar=sidecar, model=loaded.path, max_abs_diff=diff, tolerance=tolerance,
+                        check_input=tuple(batch.shape), opset=opset)
