@@ -18,7 +18,7 @@ from unetcli.data import MASK_STEM_SUFFIXES, find_pairs, pair_files
 from unetcli.errors import DataError, UnetcliError
 from unetcli.images import IMAGE_EXTENSIONS, RawMask, encode_png, read_image, read_mask
 from unetcli.masks import ClassMap, SegClass, default_colour
-from unetcli.predict import PredictOptions, _write_outputs
+from unetcli.outputs import PredictOptions, write_outputs
 from unetcli.tiling import MirroredImage, blend, gaussian_weight, mirror_indices, plan_tiles
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -62,7 +62,7 @@ def test_masks_round_trip_through_predicts_writer_and_the_reader(class_map, size
         options = PredictOptions(out_dir=Path(folder), save=("mask", "color"))
         predictor = types.SimpleNamespace(class_map=class_map, probability_channels=1)
         image = np.zeros((*size, 1), np.uint8)
-        result = _write_outputs(predictor, Path("input.tif"), image, ids, None, options)
+        result = write_outputs(predictor, Path("input.tif"), image, ids=ids, probs=None, options=options)
         assert result.status == "ok", result.error
         raw = read_mask(Path(folder) / "input.png")
         colour_values = class_map.mode == "rgb" and any(len(set(c.value)) > 1 for c in class_map.classes)

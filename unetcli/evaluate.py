@@ -6,21 +6,22 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from .data import Pair, find_pairs, list_image_files, pair_files, read_sample, resolve_layout
+from .display import thumbnail
 from .errors import DataError
 from .images import read_mask, write_bytes_atomic, write_png
-from .masks import ClassMap, infer_class_map, mask_stats
+from .mask_modes import infer_class_map
+from .masks import ClassMap, mask_stats
 from .metrics import SCORES, confusion_matrix, counts_from_confusion, nanmean, pixel_accuracy, scores_from_counts
 
 PREDICTION_EXTRAS = ("_color", "_overlay")  # files `unetcli predict --save` writes beside the masks
-WORST_KEPT = 6  # worst images kept (as thumbnails) for the --report picture
-THUMBNAIL = (120, 240)  # their largest height and width, pixels
+WORST_KEPT = 6  # worst images kept (as thumbnails, see display.THUMBNAIL) for the --report picture
 
 
 @dataclass(frozen=True)
@@ -54,16 +55,6 @@ class WorstImage:
     pred: np.ndarray
 
 
-def _shrink(array: np.ndarray, interpolation: int) -> np.ndarray:
-    import cv2
-
-    height, width = array.shape[:2]
-    scale = min(THUMBNAIL[0] / height, THUMBNAIL[1] / width, 1.0)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    small = cv2.resize(array, size, interpolation=interpolation) if scale < 1 else array.copy()
-    return small[:, :, None] if array.ndim == 3 and small.ndim == 2 else small
-
-
 @dataclass
 class Evaluation:
     class_names: list[str]
@@ -72,18 +63,16 @@ class Evaluation:
     source: str = ""  # what was scored, for the report's title
     worst: list[WorstImage] = field(default_factory=list)  # the WORST_KEPT worst so far, worst first
 
-    def add(self, result: ImageResult, truth: np.ndarray, pred: np.ndarray, image: np.ndarray | None = None) -> None:
+    def add(self, result: ImageResult, truth: np.ndarray, pred: np.ndarray, *, image: np.ndarray | None = None) -> None:
         """Record an image's counts; keep small copies of it when it is among the worst so far."""
-        import cv2
-
         self.images.append(result)
         dice = foreground_dice(result.matrix)
         if math.isnan(dice):
             return
         if len(self.worst) == WORST_KEPT and (dice, result.stem) >= (self.worst[-1].dice, self.worst[-1].stem):
             return
-        thumb = WorstImage(result.stem, dice, None if image is None else _shrink(image, cv2.INTER_AREA),
-                           _shrink(truth, cv2.INTER_NEAREST), _shrink(pred, cv2.INTER_NEAREST))
+        thumb = WorstImage(result.stem, dice, None if image is None else thumbnail(image, nearest=False),
+                           thumbnail(truth, nearest=True), thumbnail(pred, nearest=True))
         self.worst = sorted([*self.worst, thumb], key=lambda w: (w.dice, w.stem))[:WORST_KEPT]
 
     def summary(self) -> dict:
@@ -148,11 +137,11 @@ def _fmt(value) -> str:
     return "" if math.isnan(value) else f"{value:.6f}"
 
 
-def evaluate_model(model_dir: Path, data: Path | None, images: Path | None = None, masks: Path | None = None,
+def evaluate_model(model_dir: Path, data: Path | None, images: Path | None = None, *, masks: Path | None = None,
                    device: str = "auto", precision: str = "auto", tile: str = "auto", tta: bool = False) -> Iterator:
     """Predict every pair of DATA with the model (as `predict` would) and score it. Yields ImageResults,
     then the finished Evaluation."""
-    from .predict import Predictor
+    from .predictor import Predictor
 
     predictor = Predictor.from_folder(model_dir, device, precision, tile=tile, tta=tta)
     pairs = find_pairs(*resolve_layout(data, images, masks))
@@ -163,7 +152,7 @@ def evaluate_model(model_dir: Path, data: Path | None, images: Path | None = Non
         truth = predictor.class_map.decode(sample.raw_mask, pair.mask)
         pred = predictor.predict_image(sample.image, pair.image)
         result = ImageResult(pair.stem, confusion_matrix(pred, truth, len(evaluation.class_names)))
-        evaluation.add(result, truth, pred, sample.image)
+        evaluation.add(result, truth, pred, image=sample.image)
         yield result
     yield evaluation
 

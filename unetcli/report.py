@@ -3,13 +3,14 @@ the evaluation report (Dice per class, confusion matrix, worst images)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import unicodedata
 
 import cv2
 import numpy as np
 
-from .images import to_unit_range
+from .display import as_rgb, thumbnail
 
 PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
@@ -47,7 +48,7 @@ def _panel(canvas: np.ndarray, box: tuple[int, int, int, int], series: dict[str,
     for k, (name, vs) in enumerate(series.items()):
         colour = PALETTE[k % len(PALETTE)]
         points = [point(i, v) for i, v in enumerate(vs) if v is not None and math.isfinite(v)]
-        for a, b in zip(points, points[1:]):
+        for a, b in itertools.pairwise(points):
             cv2.line(canvas, a, b, colour, 2, cv2.LINE_AA)
         for p in points if len(points) == 1 else []:
             cv2.circle(canvas, p, 3, colour, -1)
@@ -70,21 +71,13 @@ def training_curves(history: list[dict]) -> np.ndarray:
     return canvas
 
 
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    unit = to_unit_range(image)
-    if image.dtype == np.float32:
-        unit = (unit - unit.min()) / (float(unit.max() - unit.min()) or 1.0)
-    unit = unit[:, :, :3] if unit.shape[2] >= 3 else np.repeat(unit[:, :, :1], 3, axis=2)
-    return (unit * 255).clip(0, 255).astype(np.uint8)
-
-
 def example_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], colours: np.ndarray, height: int = 160) -> np.ndarray:
     """RGB grid, one row per example: image | truth | prediction (class colours), each `height` px tall."""
     lines = []
     for image, truth, pred in rows:
         scale = height / image.shape[0]
-        size = (max(1, int(round(image.shape[1] * scale))), height)
-        tiles = [cv2.resize(_as_rgb(image), size, interpolation=cv2.INTER_AREA)]
+        size = (max(1, round(image.shape[1] * scale)), height)
+        tiles = [cv2.resize(as_rgb(image), size, interpolation=cv2.INTER_AREA)]
         for ids in (truth, pred):
             shown = np.where(ids == 255, 0, ids)
             tiles.append(cv2.resize(colours[shown], size, interpolation=cv2.INTER_NEAREST))
@@ -101,7 +94,6 @@ def example_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], colours:
 
 INK, GREY, LIGHT = (30, 30, 30), (110, 110, 110), (225, 225, 225)
 BAR = (70, 130, 180)
-THUMB_BOX = (120, 240)  # each thumbnail is scaled to fit this height and width
 
 
 def _ascii(text: str, limit: int) -> str:
@@ -158,12 +150,12 @@ def _dice_bars(summary: dict, colours: list) -> np.ndarray:
         if dice is None:
             _text(canvas, "n/a (absent)", (x0 + 6, y + 18), 0.45, GREY)
             continue
-        cv2.rectangle(canvas, (x0, y + 4), (x0 + int(round(bar_w * dice)), y + 22), BAR, -1)
+        cv2.rectangle(canvas, (x0, y + 4), (x0 + round(bar_w * dice), y + 22), BAR, -1)
         _text(canvas, f"{dice:.3f}", (x0 + bar_w + 8, y + 19), 0.5, INK)
     axis_y = top + row_h * len(names) + 4
     cv2.line(canvas, (x0, axis_y), (x0 + bar_w, axis_y), GREY, 1)
     for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
-        x = x0 + int(round(bar_w * frac))
+        x = x0 + round(bar_w * frac)
         cv2.line(canvas, (x, axis_y), (x, axis_y + 4), GREY, 1)
         label = f"{frac:g}"
         _text(canvas, label, (x - _width(label, 0.4) // 2, axis_y + 18), 0.4, GREY)
@@ -176,7 +168,7 @@ def _cell_colour(share: float) -> tuple[int, int, int]:
     position = min(max(share, 0.0), 1.0) * (len(stops) - 1)
     low = min(int(position), len(stops) - 2)
     mix = stops[low] + (stops[low + 1] - stops[low]) * (position - low)
-    return tuple(int(round(c)) for c in mix)
+    return tuple(int(c) for c in mix.round())
 
 
 def _confusion(matrix: list, names: list[str]) -> np.ndarray:
@@ -227,17 +219,11 @@ def _confusion(matrix: list, names: list[str]) -> np.ndarray:
     return canvas
 
 
-def _fit(array: np.ndarray, nearest: bool) -> np.ndarray:
-    scale = min(THUMB_BOX[0] / array.shape[0], THUMB_BOX[1] / array.shape[1])
-    size = (max(1, int(round(array.shape[1] * scale))), max(1, int(round(array.shape[0] * scale))))
-    return cv2.resize(array, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
-
-
 def _worst_block(rank: int, worst, colours: np.ndarray) -> np.ndarray:
     """One worst image: a caption above image | truth | prediction (truth | prediction without an image)."""
-    tiles = [] if worst.image is None else [_fit(_as_rgb(worst.image), nearest=False)]
+    tiles = [] if worst.image is None else [thumbnail(as_rgb(worst.image), nearest=False, enlarge=True)]
     for ids in (worst.truth, worst.pred):
-        tiles.append(_fit(colours[np.where(ids == 255, 0, ids)], nearest=True))
+        tiles.append(thumbnail(colours[np.where(ids == 255, 0, ids)], nearest=True, enlarge=True))
     labels = ["image", "truth", "prediction"][-len(tiles):]
     height, gap = max(t.shape[0] for t in tiles), 6
     block = _blank(height + 46, sum(t.shape[1] + gap for t in tiles) + 2)
