@@ -11,7 +11,8 @@ import numpy as np
 
 from .errors import DataError, UsageError
 from .images import RawMask, exif_rotates, is_image_file, read_image, read_mask, to_unit_range
-from .masks import ClassMap, MaskStats, infer_class_map, mask_stats
+from .mask_modes import infer_class_map
+from .masks import ClassMap, MaskStats, mask_stats
 
 IMAGE_FOLDER_NAMES = ("images", "image", "imgs", "img")
 MASK_FOLDER_NAMES = ("masks", "mask", "labels", "label", "gt", "annotations")
@@ -202,7 +203,8 @@ def scan_dataset(
         scan.in_channels = next(iter(channels))
     stats: list[MaskStats] = [mask_stats(s.pair.mask, s.raw_mask) for s in scan.samples]
     try:
-        scan.class_map = class_map or infer_class_map(stats, mask_mode, ignore_value, class_map_file, num_classes)
+        scan.class_map = class_map or infer_class_map(stats, mask_mode, ignore_value, class_map_file=class_map_file,
+                                                        num_classes=num_classes)
     except DataError as err:
         scan.problems.append(str(err))
         return scan
