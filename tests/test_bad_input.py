@@ -479,8 +479,8 @@ def test_model_folder_missing_a_file(model_copy, trained, tmp_path, missing):
 
 
 def test_model_folder_wrong_format_version(model_copy, trained, tmp_path):
-    edit_json(model_copy / "unetcli.json", lambda meta: meta.update(format_version=2))
-    refuses_model(model_copy, trained, tmp_path, "unetcli.json: model format version 2", "retrain")
+    edit_json(model_copy / "unetcli.json", lambda meta: meta.update(format_version=3))
+    refuses_model(model_copy, trained, tmp_path, "unetcli.json: model format version 3", "retrain")
 
 
 def test_model_folder_unknown_architecture(model_copy, trained, tmp_path):

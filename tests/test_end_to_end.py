@@ -46,7 +46,7 @@ def test_train_writes_the_run_folder(trained):
     assert options["encoder"] == "resnet18" and options["crop"] == 64 and options["epochs"] == 2
 
     meta = json.loads((run / "model-best" / "unetcli.json").read_text())
-    assert meta["format_version"] == 1
+    assert meta["format_version"] == 2
     assert meta["in_channels"] == 1
     assert meta["classes"]["mode"] == "binary"
     assert [c["value"] for c in meta["classes"]["classes"]] == [0, 255]
@@ -288,7 +288,7 @@ def test_resume_continues_exactly(binary_data, tmp_path):
     from safetensors.torch import load_file
 
     from unetcli.options import TrainOptions
-    from unetcli.train import EpochDone, train
+    from unetcli.training import EpochDone, train
 
     args = ("--encoder", "resnet18", "--crop", "32", "--samples-per-epoch", "8", "--batch-size", "4", "--seed", "0", "--device", "cpu")
     ok(cli("train", binary_data, "-o", tmp_path / "straight", *args, "--epochs", "2", "--quiet"))

@@ -40,7 +40,7 @@ def probe(run) -> Probe:
     import torch
 
     from unetcli.images import read_image
-    from unetcli.predict import Predictor
+    from unetcli.predictor import Predictor
 
     image = np.ascontiguousarray(read_image(min((run.parent / "data" / "images").iterdir()))[:70, :90])
     predictor = Predictor.from_folder(run / "model-best", device="cpu", precision="fp32")

@@ -162,18 +162,18 @@ def test_training_data_file_vanishes_mid_run(trained, tmp_path):
 
 def test_training_data_file_vanishes_between_pairing_and_reading(trained, tmp_path, monkeypatch):
     """The file goes after the folders were listed but before it is read: a DataError naming it, no run folder."""
-    import unetcli.train
+    import unetcli.session
 
     data = shutil.copytree(trained.data, tmp_path / "data")
     victim = data / "images" / "sample_2.png"
-    real_find_pairs = unetcli.train.find_pairs
+    real_find_pairs = unetcli.session.find_pairs
 
     def find_pairs_then_lose_a_file(*folders):
         pairs = real_find_pairs(*folders)
         victim.unlink()
         return pairs
 
-    monkeypatch.setattr(unetcli.train, "find_pairs", find_pairs_then_lose_a_file)
+    monkeypatch.setattr(unetcli.session, "find_pairs", find_pairs_then_lose_a_file)
     run = tmp_path / "run"
     result = cli("train", data, "-o", run, "--encoder", "resnet18", "--epochs", "1", "--val-split", "0")
     user_error(result, 3, f"{victim}: cannot read the file (No such file or directory)")

@@ -32,7 +32,10 @@ def model_copy(trained, tmp_path):
 
 
 def test_save_load_round_trip_is_exact(trained, tmp_path, torch):
+    import dataclasses
+
     from unetcli.checkpoint import load_model_folder, read_meta, save_model_folder
+    from unetcli.masks import ClassMap
     from unetcli.model import build_model
 
     torch.manual_seed(3)
@@ -41,11 +44,11 @@ def test_save_load_round_trip_is_exact(trained, tmp_path, torch):
     with torch.no_grad():
         model(input_batch(torch, seed=1))  # moves BatchNorm running statistics off their defaults
     model.eval()
-    meta = {k: v for k, v in read_meta(trained.model).items() if k not in ("format", "format_version", "versions")}
     # three logits: a three-class table (loading refuses a table that does not fit the network)
-    meta["classes"] = {"mode": "index", "ignore_value": None, "palette": None,
-                       "classes": [{"id": i, "name": f"c{i}", "value": i, "colour": [i, i, i]} for i in range(3)]}
-    meta["out_channels"] = 3
+    classes = ClassMap.from_dict({"mode": "index", "ignore_value": None, "palette": None,
+                                  "classes": [{"id": i, "name": f"c{i}", "value": i, "colour": [i, i, i]} for i in range(3)]})
+    meta = dataclasses.replace(read_meta(trained.model), classes=classes)
+    assert meta.out_channels == 3
     save_model_folder(tmp_path / "saved", model, meta)
     loaded = load_model_folder(tmp_path / "saved")
 
@@ -60,7 +63,7 @@ def test_save_load_round_trip_is_exact(trained, tmp_path, torch):
 def test_loaded_model_reproduces_the_written_predictions(trained, tmp_path):
     """Predictor.from_folder(model-best) gives exactly the masks `unetcli predict` wrote."""
     from unetcli.images import read_image
-    from unetcli.predict import Predictor
+    from unetcli.predictor import Predictor
 
     ok(cli("predict", trained.model, trained.data / "images", "-o", tmp_path, "--batch-size", "1"))
     predictor = Predictor.from_folder(trained.model)

@@ -47,3 +47,42 @@ def test_shipped_model_segments_held_out_slices(tmp_path):
     baseline_error = 0.22  # calling every pixel "cell" (22 % of pixels are membrane)
     assert summary["pixel_error"] < baseline_error / 2, summary
     assert summary["classes"]["membrane"]["dice"] > 0.7, summary
+
+
+@pytest.mark.slow
+def test_python_api_on_the_shipped_weights_as_the_readme_shows(tmp_path):
+    """README's 'Python API' example: any size, mask in the training masks' values, probabilities that give the
+    mask; and the same mask as `unetcli predict` writes."""
+    import unetcli
+
+    model = unetcli.load(WEIGHTS)
+    image = np.random.default_rng(0).integers(0, 255, (300, 400), dtype=np.uint8)
+    mask = model.predict(image)
+    probs = model.probabilities(image)
+    assert model.classes == {"membrane": 0, "cell": 255}
+    assert mask.shape == (300, 400) and set(np.unique(mask)) <= {0, 255}
+    assert probs.shape == (2, 300, 400) and probs.dtype == np.float32 and 0 <= probs.min() and probs.max() <= 1
+    np.testing.assert_array_equal(np.where(probs.argmax(0) == 1, 255, 0), mask)
+    path = write_image(tmp_path / "in" / "random.png", image)
+    ok(cli("predict", WEIGHTS, path, "-o", tmp_path / "out", "-q"))
+    from unetcli.images import read_image
+
+    np.testing.assert_array_equal(read_image(tmp_path / "out" / "random.png")[:, :, 0], mask)
+
+
+@pytest.mark.slow
+def test_the_format_1_description_of_the_shipped_model_predicts_the_same_masks(tmp_path):
+    """weights/membrane as it shipped before format 2 (tests/data/membrane_unetcli_v1.json) still loads and
+    gives bitwise the same masks as the current folder."""
+    import shutil
+
+    old = shutil.copytree(WEIGHTS, tmp_path / "v1")
+    shutil.copyfile(Path(__file__).parent / "data" / "membrane_unetcli_v1.json", old / "unetcli.json")
+    from unetcli.demo import make_sample
+
+    image, _ = make_sample(np.random.default_rng(5), 260, 347)
+    path = write_image(tmp_path / "in" / "sample.png", image)
+    for folder, out in ((WEIGHTS, "new"), (old, "old")):
+        ok(cli("predict", folder, path, "-o", tmp_path / out, "-q", "--save", "mask,probs"))
+    for name in ("sample.png", "sample_probs_0.png", "sample_probs_1.png"):
+        assert (tmp_path / "new" / name).read_bytes() == (tmp_path / "old" / name).read_bytes(), name

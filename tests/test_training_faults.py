@@ -93,7 +93,7 @@ def test_signal_saves_model_last_and_resume_completes(binary_data, tmp_path, sig
     assert [e["epoch"] for e in json_lines(result.stdout) if e["event"] == "epoch"] == [done + 1], describe(result)
     assert epochs_in(run) == list(range(1, done + 2))
     assert history(run)[:done] == before  # the rows written before the interruption are kept as they were
-    assert read_meta(run / "model-last")["epoch"] == done + 1
+    assert read_meta(run / "model-last").epoch == done + 1
     assert not leftovers(run)
 
 
@@ -134,7 +134,7 @@ def test_resume_repairs_a_save_killed_between_its_renames(binary_data, tmp_path)
 
     ok(cli("train", "--resume", run, "--epochs", "2", "--quiet"))
     assert epochs_in(run) == [1, 2]
-    assert read_meta(run / "model-last")["epoch"] == 2
+    assert read_meta(run / "model-last").epoch == 2
     assert not leftovers(run)
 
 
@@ -161,31 +161,31 @@ def done_event(result) -> dict:
 
 
 def test_time_limit_stops_between_epochs_with_a_clean_save(binary_data, tmp_path):
-    from unetcli.cli import parse_duration
+    from unetcli.options import parse_duration
 
     assert parse_duration("20s") == 20 and parse_duration("1h30m") == 5400
     run = tmp_path / "run"
-    began = time.monotonic()
+    # No wall-clock bound on the test itself (it only measured how loaded the machine was): the program's own
+    # clock decides, and "time limit" as the reason with fewer than the 1000 epochs asked for shows it did.
     result = ok(cli("train", binary_data, "-o", run, *TINY, "--epochs", "1000", "--time-limit", "4s", "--json"))
-    assert time.monotonic() - began < 4 + 20, describe(result)
     assert done_event(result)["reason"] == "time limit", describe(result)
     epochs = epochs_in(run)
     assert 1 <= len(epochs) < 1000 and epochs == list(range(1, len(epochs) + 1))
-    assert read_meta(run / "model-last")["epoch"] == epochs[-1]
+    assert read_meta(run / "model-last").epoch == epochs[-1]
     load_model_folder(run / "model-best")
     load_train_state(run / "model-last")
 
 
 def test_time_limit_cuts_an_epoch_longer_than_the_limit(binary_data, tmp_path):
-    """One epoch of 4000 crops takes a minute or more here: it ends early, is validated and saved."""
+    """One epoch of 4000 crops (1000 steps of 4) takes a minute or more here: it ends early, is validated and
+    saved. That it ended early is read from the saved step count, not from a wall clock."""
     run = tmp_path / "run"
-    began = time.monotonic()
     result = ok(cli("train", binary_data, "-o", run, *TINY, "--samples-per-epoch", "4000", "--epochs", "3",
                     "--time-limit", "3s", "--json"))
-    assert time.monotonic() - began < 3 + 20, describe(result)
     assert done_event(result)["reason"] == "time limit", describe(result)
     assert epochs_in(run) == [1]
-    assert read_meta(run / "model-last")["epoch"] == 1
+    assert 1 <= load_train_state(run / "model-last")["step"] < 1000  # the epoch was cut short
+    assert read_meta(run / "model-last").epoch == 1
     load_model_folder(run / "model-best")
 
 
@@ -196,8 +196,8 @@ def test_patience_stops_early_with_a_clean_save(binary_data, tmp_path):
     done = done_event(result)
     assert (done["reason"], done["best_epoch"]) == ("early stop", 1), describe(result)
     assert epochs_in(run) == [1, 2, 3]
-    assert read_meta(run / "model-best")["epoch"] == 1
-    assert read_meta(run / "model-last")["epoch"] == 3 and load_train_state(run / "model-last")["epoch"] == 3
+    assert read_meta(run / "model-best").epoch == 1
+    assert read_meta(run / "model-last").epoch == 3 and load_train_state(run / "model-last")["epoch"] == 3
     load_model_folder(run / "model-best")
 
 
@@ -233,7 +233,7 @@ def test_torchrun_two_cpu_processes_train_resume_and_predict(binary_data, tmp_pa
     resumed = torchrun("train", "--resume", str(run), "--epochs", "3", "--time-limit", "10m", "--device", "cpu")
     assert sum("epoch 3/3 " in line for line in resumed.stderr.splitlines()) == 1, resumed.stderr
     assert epochs_in(run) == [1, 2, 3]
-    assert read_meta(run / "model-last")["epoch"] == 3
+    assert read_meta(run / "model-last").epoch == 3
 
     out = tmp_path / "predicted"
     predicted = torchrun("predict", str(run), str(binary_data / "images"), "-o", str(out), "--json")

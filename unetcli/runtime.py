@@ -28,7 +28,7 @@ class TorchrunEnv:
     local_rank: int = 0
 
     @classmethod
-    def read(cls) -> "TorchrunEnv":
+    def read(cls) -> TorchrunEnv:
         return cls(int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")),
                    int(os.environ.get("LOCAL_RANK", "0")))
 

@@ -1,0 +1,133 @@
+"""`unetcli evaluate` (a model, or a folder of predictions, against the truth) and `unetcli check` (a dataset)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import UsageError
+from .app import (
+    ClassesOpt,
+    ClassMapOpt,
+    DataArg,
+    DeviceOpt,
+    IgnoreOpt,
+    ImagesOpt,
+    JsonOpt,
+    MaskModeOpt,
+    MasksOpt,
+    PrecisionOpt,
+    QuietOpt,
+    app,
+    class_table,
+    out_console,
+    run_guarded,
+    say,
+    scores_table,
+)
+
+
+def render_evaluation(events):
+    from ..evaluate import Evaluation
+
+    evaluation = None
+    for event in events:
+        if isinstance(event, Evaluation):
+            evaluation = event
+    return evaluation
+
+
+@app.command(epilog="Examples: unetcli evaluate runs/cells/model-best test/   |   unetcli evaluate --pred out/ --gt test/masks/")
+def evaluate(
+    model: Annotated[Path | None, typer.Argument(help="Model folder to score (omit with --pred/--gt).")] = None,
+    data: DataArg = None,
+    images: ImagesOpt = None,
+    masks: MasksOpt = None,
+    pred: Annotated[Path | None, typer.Option("--pred", help="Folder of predicted masks (scored without a model).")] = None,
+    gt: Annotated[Path | None, typer.Option("--gt", help="Folder of true masks, for --pred.")] = None,
+    mask_mode: MaskModeOpt = "auto",
+    class_map: ClassMapOpt = None,
+    tile: Annotated[str, typer.Option("--tile", help="As for predict: auto | off | N.")] = "auto",
+    tta: Annotated[bool, typer.Option("--tta", help="Average over flips, as predict --tta.")] = False,
+    per_image: Annotated[Path | None, typer.Option("--per-image", help="Write per-image scores and counts (CSV).")] = None,
+    summary_file: Annotated[Path | None, typer.Option("--summary", help="Write the summary (JSON).")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write a PNG: Dice per class, confusion matrix, worst images.")] = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score a model, or a folder of predictions, against ground-truth masks."""
+
+    def action():
+        from ..checkpoint import resolve_model_dir
+        from ..evaluate import evaluate_folders, evaluate_model
+
+        if pred is not None or gt is not None:
+            if pred is None or gt is None or model is not None:
+                raise UsageError("use either MODEL DATA, or --pred DIR --gt DIR (both, without a model)")
+            events = evaluate_folders(pred, gt, mask_mode, class_map)
+        else:
+            if model is None:
+                raise UsageError("give a MODEL folder and DATA (or --pred DIR --gt DIR)")
+            events = evaluate_model(resolve_model_dir(model), data, images=images, masks=masks, device=device, precision=precision,
+                                    tile=tile, tta=tta)
+        evaluation = render_evaluation(events)
+        evaluation.write(per_image, summary_file, report)
+        summary = evaluation.summary()
+        if as_json:
+            print(json.dumps(summary))
+        else:
+            out_console.print(scores_table(summary))
+
+    run_guarded(action)
+
+
+@app.command(epilog="Example: unetcli check data/ --mask-mode auto")
+def check(
+    data: DataArg = None,
+    images: ImagesOpt = None,
+    masks: MasksOpt = None,
+    mask_mode: MaskModeOpt = "auto",
+    ignore_index: IgnoreOpt = None,
+    class_map: ClassMapOpt = None,
+    classes: ClassesOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Pre-flight a dataset: pairs, sizes, channels, mask values -> classes, and every problem found."""
+
+    def action():
+        from ..data import find_pairs, resolve_layout, scan_dataset
+        from ..options import parse_classes
+
+        pairs = find_pairs(*resolve_layout(data, images, masks))
+        scan = scan_dataset(pairs, mask_mode, ignore_index, class_map, parse_classes(classes))
+        sizes = scan.sizes
+        report = {
+            "pairs": len(pairs),
+            "readable": len(scan.samples),
+            "channels": scan.in_channels,
+            "dtypes": sorted({str(s.image.dtype) for s in scan.samples}),
+            "min_size": [min(h for h, _ in sizes), min(w for _, w in sizes)] if sizes else None,
+            "max_size": [max(h for h, _ in sizes), max(w for _, w in sizes)] if sizes else None,
+            "classes": scan.class_map.to_dict() if scan.class_map else None,
+            "class_pixels": scan.class_pixels,
+            "problems": scan.problems,
+        }
+        if as_json:
+            print(json.dumps(report))
+        else:
+            out_console.print(f"{report['pairs']} pairs, {report['readable']} readable; channels {report['channels']}; "
+                              f"pixel types {', '.join(report['dtypes'])}; sizes (h x w) {report['min_size']} .. {report['max_size']}")
+            if scan.class_map:
+                out_console.print(class_table(scan.class_map, scan.class_pixels))
+            for problem in scan.problems:
+                say("problem", problem)
+            if not scan.problems:
+                out_console.print("no problems found")
+        return 3 if scan.problems else 0
+
+    run_guarded(action)
