@@ -19,6 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # runs (a benchmark, a second test run) two spinning OpenMP threads per process make training 5-15x slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import inspect
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,3 +55,53 @@ def trained(binary_data, tmp_path_factory) -> TrainedRun:
     run = tmp_path_factory.mktemp("runs") / "binary"
     result = ok(cli("train", binary_data, "-o", run, *TINY_TRAIN))
     return TrainedRun(binary_data, run, result.output)
+
+
+# ------------------------------------------------------------------------------------- the two speeds
+#
+# `python -m pytest -m "not slow"` is the fast layer (well under a minute on 2 cores): nothing is trained and
+# nothing but a tiny untrained model is built. Every test that trains is marked `slow` here, so a new test that
+# uses a training fixture or trains through the CLI needs no marker of its own. Found from the source: a test
+# trains when it, a fixture it depends on (directly or through other fixtures), or a module-level helper of its
+# test module that it calls, trains successfully. Tests that train in ways this cannot see carry
+# @pytest.mark.slow themselves.
+
+# A call that trains for real: in-process through the CLI (a refusal, `user_error(cli("train", ...))`, does not
+# train), in a subprocess, or under torchrun.
+TRAINS = re.compile(r'ok\(\s*cli\(\s*"(?:train|demo)"|torchrun\(\s*"train"|start_training\(|unetcli\(\s*"train"')
+TRAINING_FIXTURES = {"trained", "confident"}  # the shared ones by name; others are found from their source
+
+
+def _source(function) -> str:
+    try:
+        return inspect.getsource(function)
+    except (OSError, TypeError):
+        return ""
+
+
+def _training_helpers(module) -> set[str]:
+    """Names of the module's own plain functions that train (e.g. test_mask_modes.train_and_predict)."""
+    found = getattr(module, "_training_helpers", None)
+    if found is None:
+        functions = {name: f for name, f in vars(module).items()
+                     if inspect.isfunction(f) and f.__module__ == module.__name__ and not name.startswith("test_")}
+        found = {name for name, f in functions.items() if TRAINS.search(_source(f))}
+        module._training_helpers = found
+    return found
+
+
+def _trains(function, helpers: set[str]) -> bool:
+    source = _source(function)
+    return bool(TRAINS.search(source)) or any(re.search(rf"\b{name}\(", source) for name in helpers)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("slow") or not isinstance(item, pytest.Function):
+            continue
+        helpers = _training_helpers(item.module)
+        fixtures = [d for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
+        if (TRAINING_FIXTURES & set(item.fixturenames) or _trains(item.function, helpers)
+                or any(_trains(d.func, _training_helpers(inspect.getmodule(d.func)) if inspect.getmodule(d.func) else set())
+                       for d in fixtures if d.baseid)):  # baseid "": pytest's own fixtures (tmp_path, ...)
+            item.add_marker(pytest.mark.slow)
