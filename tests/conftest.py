@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import TINY_TRAIN, cli, ok, write_binary_dataset
+from helpers import MEMBRANE, TINY_TRAIN, cli, link_slices, ok, write_binary_dataset
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,21 @@ def trained(binary_data, tmp_path_factory) -> TrainedRun:
     return TrainedRun(binary_data, run, result.output)
 
 
+@pytest.fixture(scope="session")
+def membrane_run(tmp_path_factory) -> Path:
+    """A resnet18 U-Net trained briefly (8 x 64 crops of 256 pixels, default precision) on the ISBI 2012 slices
+    0-24, where ../shared/datasets/membrane is present; shared by test_membrane.py (scored on slices 25-29) and
+    the membrane tiling test in test_prediction_sizes.py (which used to train a second, smaller model: 30 s).
+    Default seed 0; for the measured margins see those two tests."""
+    if not (MEMBRANE / "images").is_dir():
+        pytest.skip(f"{MEMBRANE} is not present")
+    root = tmp_path_factory.mktemp("membrane")
+    train = link_slices(root / "train", range(25))
+    ok(cli("train", train, "-o", root / "run", "--encoder", "resnet18", "--crop", "256", "--epochs", "8",
+           "--samples-per-epoch", "64", "--batch-size", "8", "--val-split", "0", "--augment", "light", "--quiet"))
+    return root / "run"
+
+
 # ------------------------------------------------------------------------------------- the two speeds
 #
 # `python -m pytest -m "not slow"` is the fast layer (well under a minute on 2 cores): nothing is trained and
@@ -69,7 +84,7 @@ def trained(binary_data, tmp_path_factory) -> TrainedRun:
 # A call that trains for real: in-process through the CLI (a refusal, `user_error(cli("train", ...))`, does not
 # train), in a subprocess, or under torchrun.
 TRAINS = re.compile(r'ok\(\s*cli\(\s*"(?:train|demo)"|torchrun\(\s*"train"|start_training\(|unetcli\(\s*"train"')
-TRAINING_FIXTURES = {"trained", "confident"}  # the shared ones by name; others are found from their source
+TRAINING_FIXTURES = {"trained", "confident", "membrane_run"}  # the shared ones by name; others are found from their source
 
 
 def _source(function) -> str:

@@ -301,14 +301,22 @@ def test_one_by_one_image_predicts(trained, tmp_path):
 
 
 def test_three_by_100000_image_predicts(trained, tmp_path):
-    """A line-scan strip, with the default tiles (clipped to 32 rows, not square) and whole; both agree."""
+    """A line-scan strip, with the default tiles (clipped to 32 rows, not square) and whole; both agree.
+
+    Both fp32, so that only tiling differs, and checked as test_prediction_sizes.py checks tiled == whole:
+    exactly (probabilities within one 16-bit step) on the 59 % of the strip where each covering tile holds a
+    pixel's receptive field, which any misplaced tile fails. Overall agreement is a property of the model
+    on random noise: the two-epoch `trained` model gave 99.94 % with seed 0 (bf16 or fp32, AVX-512 or AVX2),
+    but 98.5-99.99 % over seeds 0-7 (5 of 8 below the 99.9 % bound this test had, which seed 0 met by chance);
+    97 % leaves twice the worst disagreement seen."""
+    from test_prediction_sizes import check_tiled_against_whole, predict_with_probs
+
     strip = (np.random.default_rng(4).random((3, 100_000)) * 255).astype(np.uint8)
     image = write_image(tmp_path / "strip.png", strip)
-    ok(cli("predict", trained.model, image, "-o", tmp_path / "tiled", "--quiet"))
-    ok(cli("predict", trained.model, image, "-o", tmp_path / "whole", "--tile", "off", "--quiet"))
-    tiled, whole = read_values(tmp_path / "tiled" / "strip.png"), read_values(tmp_path / "whole" / "strip.png")
-    assert tiled.shape == (3, 100_000) and set(np.unique(tiled)) <= {0, 255}
-    assert np.mean(tiled == whole) >= 0.999
+    tiled = predict_with_probs(trained.model, image, tmp_path / "tiled", "--precision", "fp32")
+    whole = predict_with_probs(trained.model, image, tmp_path / "whole", "--tile", "off", "--precision", "fp32")
+    assert tiled[0].shape == (3, 100_000) and set(np.unique(tiled[0])) <= {0, 255}
+    assert check_tiled_against_whole(whole, tiled, 1024) >= 0.97
 
 
 def test_decompression_bomb_is_refused_before_decoding(tmp_path):

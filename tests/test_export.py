@@ -179,6 +179,9 @@ def test_export_without_onnx_packages_says_what_to_install(run, tmp_path, monkey
 
 
 def test_folder_half_is_half_the_size_and_predicts_like_the_original(run, tmp_path):
+    """fp16 weights move every logit a little, so pixels at the threshold of this one-epoch model may flip:
+    measured 99.963-100 % equal per image, on AVX-512 (bf16 training) and as on AVX2 (UNETCLI_PRECISION=fp32
+    ONEDNN_MAX_CPU_ISA=AVX2), so the 99.9 % bound leaves 2.7 times the worst disagreement seen."""
     import segmentation_models_pytorch as smp
 
     source = run / "model-best"

@@ -185,29 +185,40 @@ def test_unknown_mask_mode_is_a_usage_error(tmp_path):
 # ------------------------------------------------------------------ training, predictions in user values
 
 
-def train_and_predict(tmp_path, data, *extra) -> tuple[dict, list]:
-    run = tmp_path / "run"
-    ok(cli("train", data, "-o", run, *MULTI_TRAIN, *extra))
-    out = tmp_path / "pred"
+def predict_folder(run, data, out) -> tuple[dict, list]:
     ok(cli("predict", run, data / "images", "-o", out))
     meta = json.loads((run / "model-best" / "unetcli.json").read_text())
     return meta, sorted(out.iterdir())
 
 
-def test_index_predictions_use_the_class_ids(tmp_path):
-    data = write_multiclass_dataset(tmp_path / "data", lambda ids: ids, classes=3)
-    meta, outputs = train_and_predict(tmp_path, data)
+def train_and_predict(tmp_path, data, *extra) -> tuple[dict, list]:
+    run = tmp_path / "run"
+    ok(cli("train", data, "-o", run, *MULTI_TRAIN, *extra))
+    return predict_folder(run, data, tmp_path / "pred")
+
+
+@pytest.fixture(scope="module")
+def index_run(tmp_path_factory):
+    """One model trained on class-id masks, shared by the two tests that only predict with it (they trained
+    the same model twice before)."""
+    root = tmp_path_factory.mktemp("index")
+    data = write_multiclass_dataset(root / "data", lambda ids: ids, classes=3)
+    ok(cli("train", data, "-o", root / "run", *MULTI_TRAIN))
+    return root / "run", data
+
+
+def test_index_predictions_use_the_class_ids(index_run, tmp_path):
+    run, data = index_run
+    meta, outputs = predict_folder(run, data, tmp_path / "pred")
     assert meta["classes"]["mode"] == "index"
     assert len(outputs) == 6
     assert unique_values(outputs) == {0, 1, 2}
 
 
-def test_multiclass_probabilities_one_16_bit_png_per_class(tmp_path):
+def test_multiclass_probabilities_one_16_bit_png_per_class(index_run, tmp_path):
     """`<stem>_probs_<id>.png` per class: they sum to 1 at every pixel and their argmax is the mask,
     whole and in 64-pixel tiles."""
-    data = write_multiclass_dataset(tmp_path / "data", lambda ids: ids, classes=3)
-    run = tmp_path / "run"
-    ok(cli("train", data, "-o", run, *MULTI_TRAIN))
+    run, data = index_run
     for tile in ("off", "64"):
         out = tmp_path / f"pred-{tile}"
         ok(cli("predict", run, data / "images", "-o", out, "--save", "mask,probs", "--tile", tile, "--quiet"))

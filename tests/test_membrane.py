@@ -19,12 +19,14 @@ pytestmark = [
 ]
 
 
-def test_short_training_beats_the_majority_baseline(tmp_path):
-    train = link_slices(tmp_path / "train", range(25))
+def test_short_training_beats_the_majority_baseline(membrane_run, tmp_path):
+    """The model is conftest's `membrane_run` (slices 0-24, 256-pixel crops, 8 epochs of 64). Measured, seeds 0
+    and 2, default precision on AVX-512 (bf16) and on AVX2 (UNETCLI_PRECISION=fp32 ONEDNN_MAX_CPU_ISA=AVX2):
+    pixel accuracy 0.907-0.910 against a majority share of 0.801 (0.026-0.029 above the bound), background
+    Dice 0.758-0.766. (Cheaper runs had thinner margins: 192-pixel crops 0.894-0.906, 128-pixel crops
+    0.877-0.898, where seed 2 fell below the bound.)"""
     test = link_slices(tmp_path / "test", range(25, 30))
-    ok(cli("train", train, "-o", tmp_path / "run", "--encoder", "resnet18", "--crop", "256", "--epochs", "8",
-           "--samples-per-epoch", "64", "--batch-size", "8", "--val-split", "0", "--augment", "light", "--quiet"))
-    summary = json.loads(ok(cli("evaluate", tmp_path / "run", test, "--json")).stdout)
+    summary = json.loads(ok(cli("evaluate", membrane_run, test, "--json")).stdout)
 
     truth = np.concatenate([read_values(p).ravel() for p in sorted((test / "masks").iterdir())])
     majority = float(np.mean(truth == 255))
