@@ -205,3 +205,31 @@ def test_modules_and_functions_stay_small():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1
                 assert length <= 60, f"{path.relative_to(REPO)}: {node.name} has {length} lines"
+
+
+# ------------------------------------------------------------------------------- predict's and evaluate's options
+
+
+@pytest.mark.parametrize("command, library", [("predict", "unetcli.predictor:Predictor.from_folder"),
+                                              ("evaluate", "unetcli.evaluate:evaluate_model")])
+def test_predict_and_evaluate_flags_default_to_the_library_defaults(command, library):
+    """predict and evaluate declare their flags in Typer; their defaults are checked here against the library
+    function they call, so `unetcli predict` and `unetcli.load()` behave alike."""
+    import importlib
+    import inspect
+
+    import typer.main
+
+    from unetcli.cli import app
+
+    module, _, attribute = library.partition(":")
+    target = importlib.import_module(module)
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    wanted = {name: p.default for name, p in inspect.signature(target).parameters.items() if p.default is not inspect.Parameter.empty}
+    click_command = typer.main.get_command(app).commands[command]
+    declared = {p.name: p.default for p in click_command.params}
+    shared = set(wanted) & set(declared)
+    assert {"device", "precision", "tile", "tta"} <= shared, shared
+    for name in shared:
+        assert declared[name] == wanted[name], f"{command} --{name}: CLI default {declared[name]!r}, library {wanted[name]!r}"
