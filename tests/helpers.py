@@ -150,3 +150,65 @@ def write_binary_dataset(folder: Path, count: int = 6, size: tuple[int, int] = (
         write_image(folder / "images" / f"sample_{i}.png", image)
         write_image(folder / "masks" / f"sample_{i}.png", np.where(mask > 0, foreground, 0).astype(np.uint8))
     return folder
+
+
+# ------------------------------------------------------------------------------------ tiled against whole
+
+
+def predict_one(model: Path, image: Path, out: Path, *options) -> np.ndarray:
+    ok(cli("predict", model, image, "-o", out, "--quiet", *options))
+    return read_values(out / f"{image.stem}.png")
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    assert a.shape == b.shape
+    return float(np.mean(a == b))
+
+
+def predict_with_probs(model: Path, image: Path, out: Path, *options) -> tuple[np.ndarray, np.ndarray]:
+    """The mask and the 16-bit foreground probabilities (value / 65535) that `unetcli predict` writes."""
+    ok(cli("predict", model, image, "-o", out, "--quiet", "--save", "mask,probs", *options))
+    return read_values(out / f"{image.stem}.png"), read_values(out / f"{image.stem}_probs.png")
+
+
+# How far one output pixel of the resnet18 U-Net sees: its gradient reaches 281 input pixels up/left and 249
+# down/right (measured on a 1024x1024 input). 288 = 9 network strides covers both.
+RESNET18_REACH = 288
+
+
+def inside_every_tile(length: int, origins, tile: int, reach: int = RESNET18_REACH) -> np.ndarray:
+    """Along one axis: True where every tile that covers the position also holds the position's whole receptive
+    field (or ends where the image ends, as the whole image does). There a tile computes exactly what the whole
+    image computes, so tiled and whole logits differ by float rounding only."""
+    position = np.arange(length)
+    inside = np.ones(length, bool)
+    for origin in origins:
+        covered = (position >= origin) & (position < origin + tile)
+        fits = ((origin == 0) | (position - origin >= reach)) & ((origin + tile >= length) | (origin + tile - position > reach))
+        inside &= ~covered | fits
+    return inside
+
+
+def exact_zone(grid) -> np.ndarray:
+    """(height, width) True where tiled and whole prediction must agree up to float rounding (see above)."""
+    rows = inside_every_tile(grid.height, grid.ys, grid.tile_height)
+    cols = inside_every_tile(grid.width, grid.xs, grid.tile_width)
+    return np.outer(rows, cols)
+
+
+def check_tiled_against_whole(whole: tuple[np.ndarray, np.ndarray], tiled: tuple[np.ndarray, np.ndarray],
+                              tile: int, overlap: float = 0.25) -> float:
+    """The deterministic part of tiled == whole: inside `exact_zone`, the probabilities are the same up to one
+    16-bit step and a mask pixel differs only where that step crosses the threshold. Returns the agreement of
+    the masks over the whole image (the statistical part, which the caller bounds)."""
+    from unetcli.tiling import plan_tiles
+
+    (whole_mask, whole_probs), (tiled_mask, tiled_probs) = whole, tiled
+    assert whole_mask.shape == tiled_mask.shape == whole_probs.shape == tiled_probs.shape
+    zone = exact_zone(plan_tiles(*whole_mask.shape, tile, overlap))
+    assert zone.mean() > 0.15, zone.mean()  # 1024 x 1024 in 512 tiles: four 224 x 224 corners, 19 %; 3 x 100000 strip: 59 %
+    steps = np.abs(whole_probs.astype(np.int64) - tiled_probs.astype(np.int64))[zone]
+    assert steps.max() <= 1, f"tiled and whole probabilities differ by up to {steps.max()} / 65535 where they must not"
+    flipped = zone & (whole_mask != tiled_mask)
+    assert np.all(np.abs(whole_probs[flipped] / 65535 - 0.5) <= 1 / 65535), int(flipped.sum())
+    return agreement(tiled_mask, whole_mask)

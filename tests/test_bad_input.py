@@ -309,7 +309,7 @@ def test_three_by_100000_image_predicts(trained, tmp_path):
     on random noise: the two-epoch `trained` model gave 99.94 % with seed 0 (bf16 or fp32, AVX-512 or AVX2),
     but 98.5-99.99 % over seeds 0-7 (5 of 8 below the 99.9 % bound this test had, which seed 0 met by chance);
     97 % leaves twice the worst disagreement seen."""
-    from test_prediction_sizes import check_tiled_against_whole, predict_with_probs
+    from helpers import check_tiled_against_whole, predict_with_probs
 
     strip = (np.random.default_rng(4).random((3, 100_000)) * 255).astype(np.uint8)
     image = write_image(tmp_path / "strip.png", strip)

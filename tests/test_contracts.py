@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import cli, describe, ok, user_error
+from helpers import cli, ok, user_error
 
 from unetcli.modelmeta import FORMAT_VERSION, ModelMeta
 from unetcli.options import TrainOptions, load_config
