@@ -10,12 +10,30 @@ import torch
 from .errors import UnetcliError, UsageError
 
 
-def build_model(encoder: str, in_channels: int, out_channels: int, encoder_weights: str | None = None) -> torch.nn.Module:
-    """smp.Unet whose decoder upsamples by nearest-neighbour resize + convolution (no transposed convs)."""
-    if encoder not in smp.encoders.get_encoder_names():
-        names = smp.encoders.get_encoder_names()
+LOSS_PARTS = ("dice", "ce", "focal")
+
+
+def check_encoder(encoder: str) -> str:
+    """An smp encoder name, or UsageError with similar names."""
+    names = smp.encoders.get_encoder_names()
+    if encoder not in names:
         close = [n for n in names if encoder.split("-")[0][:6] in n][:8] or names[:8]
         raise UsageError(f"unknown encoder {encoder!r}; for example: {', '.join(close)} (see smp's encoder list)")
+    return encoder
+
+
+def loss_parts(kind: str) -> list[str]:
+    """'dice+ce' -> ['dice', 'ce']; UsageError for parts that are not dice, ce or focal."""
+    parts = kind.replace(" ", "").split("+")
+    unknown = set(parts) - set(LOSS_PARTS)
+    if unknown or not parts:
+        raise UsageError(f"--loss {kind!r}: unknown part(s) {', '.join(sorted(unknown))}; combine dice, ce, focal with +")
+    return parts
+
+
+def build_model(encoder: str, in_channels: int, out_channels: int, encoder_weights: str | None = None) -> torch.nn.Module:
+    """smp.Unet whose decoder upsamples by nearest-neighbour resize + convolution (no transposed convs)."""
+    check_encoder(encoder)
     weights = None if encoder_weights in (None, "none", "None") else encoder_weights
     try:
         with warnings.catch_warnings():
@@ -50,10 +68,7 @@ class SegmentationLoss(torch.nn.Module):
 
     def __init__(self, binary: bool, ignore_index: int, kind: str = "dice+ce", class_weights: list[float] | None = None):
         super().__init__()
-        parts = kind.replace(" ", "").split("+")
-        unknown = set(parts) - {"dice", "ce", "focal"}
-        if unknown or not parts:
-            raise UsageError(f"--loss {kind!r}: unknown part(s) {', '.join(sorted(unknown))}; combine dice, ce, focal with +")
+        parts = loss_parts(kind)
         mode = smp.losses.BINARY_MODE if binary else smp.losses.MULTICLASS_MODE
         self.binary, self.ignore_index, self.use_ce = binary, ignore_index, "ce" in parts
         self.smp_terms = torch.nn.ModuleList()

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from .errors import UsageError
 
-TRAIN_STATE_FILE = "train_state.pt"  # in model-last/: what --resume continues from
 AUGMENT_PRESETS = ("none", "light", "default", "heavy", "elastic")
 PATH_FIELDS = ("out", "data", "images", "masks", "val", "class_map_file")
 # Options a resumed run may change; everything else must stay as the run was started.
@@ -119,7 +118,7 @@ def convert(name: str, value, source: str = "options"):
         return _SPECIAL[name](value)
     if value is None:
         return None
-    kind = _field_types()[name]
+    kind = field_type(TrainOptions.__dataclass_fields__[name])
     if name in PATH_FIELDS:
         return Path(value)
     if kind is bool and isinstance(value, bool) or kind is str and isinstance(value, str):
@@ -131,9 +130,9 @@ def convert(name: str, value, source: str = "options"):
     raise UsageError(f"{source}: {name} {value!r} must be {kind.__name__}")
 
 
-def _field_types() -> dict[str, type]:
-    names = {"int": int, "float": float, "str": str, "bool": bool, "Path": Path}
-    return {f.name: names[str(f.type).split(" |")[0]] for f in dataclasses.fields(TrainOptions)}
+def field_type(f: dataclasses.Field) -> type:
+    """The type of a TrainOptions field without its `| None` (annotations are text here)."""
+    return {"int": int, "float": float, "str": str, "bool": bool, "Path": Path}[str(f.type).split(" |")[0]]
 
 
 def flag_of(name: str) -> str:
@@ -162,13 +161,10 @@ def _check_numbers(o: TrainOptions) -> None:
 
 
 def _check_names(o: TrainOptions) -> None:
-    """Names and files: loss parts, mask mode, precision, device, class weights, augmentation, encoder."""
+    """Names and files: mask mode, class weights, augmentation, class map, then (torch) precision, device, loss
+    parts and encoder."""
     from .masks import MASK_MODES
 
-    parts = o.loss.replace(" ", "").split("+")
-    unknown = set(parts) - {"dice", "ce", "focal"}
-    if unknown or not parts:
-        raise UsageError(f"--loss {o.loss!r}: unknown part(s) {', '.join(sorted(unknown))}; combine dice, ce, focal with +")
     if o.mask_mode not in MASK_MODES:
         raise UsageError(f"unknown mask mode {o.mask_mode!r}; choose one of {', '.join(MASK_MODES)}")
     if o.class_weights not in ("none", "auto") and not re.fullmatch(r"\s*[\d.eE+-]+(\s*,\s*[\d.eE+-]+)*\s*", o.class_weights):
@@ -178,20 +174,13 @@ def _check_names(o: TrainOptions) -> None:
         raise UsageError(f"--augment {o.augment!r}: not a preset ({', '.join(AUGMENT_PRESETS)}) nor an existing file")
     if o.class_map_file is not None and not Path(o.class_map_file).is_file():
         raise UsageError(f"{o.class_map_file}: cannot read the class map (no such file)")
-    from .runtime import check_precision, pick_device  # torch: after the cheap checks
+    from .model import check_encoder, loss_parts  # torch and smp: after the cheap checks
+    from .runtime import check_precision, pick_device
 
     check_precision(o.precision)
     pick_device(o.device)
-    _check_encoder(o.encoder)
-
-
-def _check_encoder(name: str) -> None:
-    import segmentation_models_pytorch as smp
-
-    names = smp.encoders.get_encoder_names()
-    if name not in names:
-        close = [n for n in names if name.split("-")[0][:6] in n][:8] or names[:8]
-        raise UsageError(f"unknown encoder {name!r}; for example: {', '.join(close)} (see smp's encoder list)")
+    loss_parts(o.loss)
+    check_encoder(o.encoder)
 
 
 def load_config(path: Path) -> dict:
@@ -219,7 +208,7 @@ def train_options(given: dict, config: Path | None = None) -> TrainOptions:
 
 def resume_options(run: Path, changes: dict) -> TrainOptions:
     """The options a run was started with, plus the allowed `changes`; other changes are refused."""
-    from .checkpoint import read_meta, recover_folder
+    from .checkpoint import TRAIN_STATE_FILE, read_meta, recover_folder
 
     run = Path(run)
     last = run / "model-last"

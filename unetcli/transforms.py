@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from .errors import UsageError
+from .options import AUGMENT_PRESETS
 
 
 def _import_albumentations():
@@ -35,7 +36,6 @@ def _import_albumentations():
 
 A = _import_albumentations()
 
-AUGMENT_PRESETS = ("none", "light", "default", "heavy", "elastic")
 STRIDE = 32  # U-Net with a 5-stage encoder halves the resolution five times
 REFLECT = cv2.BORDER_REFLECT_101
 

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
-from ..options import TrainOptions, convert, train_option_fields
+from ..options import TrainOptions, convert, field_type, train_option_fields
 from .app import JsonOpt, QuietOpt, allow_downloads, app, class_table, err_console, fmt, interactive, main_rank, run_guarded
 
 CLI_TYPES = {"classes": str, "time_limit": str}  # typed as text on the command line ("auto", "30m")
@@ -36,7 +36,7 @@ def _shown_default(f: dataclasses.Field) -> str | bool:
 
 def _parameter(f: dataclasses.Field) -> inspect.Parameter:
     """A TrainOptions field as a Typer parameter with default None ("not typed")."""
-    kind = CLI_TYPES.get(f.name) or {"int": int, "float": float, "str": str, "bool": bool, "Path": Path}[str(f.type).split(" |")[0]]
+    kind = CLI_TYPES.get(f.name) or field_type(f)
     help_text = f.metadata["help"]
     if f.metadata.get("argument"):
         declaration = typer.Argument(help=help_text, show_default=False)
