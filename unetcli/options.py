@@ -199,13 +199,6 @@ def load_config(path: Path) -> dict:
     return {k: v for k, v in values.items() if k not in NOT_IN_CONFIG}
 
 
-def train_options(given: dict, config: Path | None = None) -> TrainOptions:
-    """Options for a new run: the config file's values, overridden by the `given` ones (typed flags), validated."""
-    values = load_config(config) if config is not None else {}
-    options = TrainOptions.from_values(values, str(config)) if values else TrainOptions()
-    return dataclasses.replace(options, **given).validate()
-
-
 def resume_options(run: Path, changes: dict) -> TrainOptions:
     """The options a run was started with, plus the allowed `changes`; other changes are refused."""
     from .checkpoint import TRAIN_STATE_FILE, read_meta, recover_folder
