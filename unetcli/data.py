@@ -12,7 +12,7 @@ import numpy as np
 from .errors import DataError, UsageError
 from .images import RawMask, exif_rotates, is_image_file, read_image, read_mask, to_unit_range
 from .mask_modes import infer_class_map
-from .masks import ClassMap, MaskStats, mask_stats
+from .masks import IGNORE_ID, ClassMap, MaskStats, mask_stats
 
 IMAGE_FOLDER_NAMES = ("images", "image", "imgs", "img")
 MASK_FOLDER_NAMES = ("masks", "mask", "labels", "label", "gt", "annotations")
@@ -164,6 +164,7 @@ class DatasetScan:
     class_map: ClassMap | None = None
     in_channels: int | None = None
     class_pixels: list[int] = field(default_factory=list)
+    ignored_pixels: int = 0  # pixels of the ignored mask value (left out of loss and metrics)
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
 
@@ -174,6 +175,7 @@ class DatasetScan:
 
 def scan_dataset(
     pairs: list[Pair],
+    *,
     mask_mode: str = "auto",
     ignore_value: int | None = None,
     class_map_file: Path | None = None,
@@ -217,6 +219,7 @@ def scan_dataset(
             continue
         counts += np.bincount(sample.mask.ravel(), minlength=256)
     scan.class_pixels = [int(c) for c in counts[: scan.class_map.num_classes]]
+    scan.ignored_pixels = int(counts[IGNORE_ID])
     if scan.in_channels is not None:
         scan.mean, scan.std = channel_statistics([s.image for s in scan.samples])
     return scan

@@ -68,11 +68,15 @@ def _files_with(stats: Iterable[MaskStats], values: set, limit: int = 3) -> str:
     return ", ".join(names[:limit]) + more
 
 
+def check_mask_mode(mode: str) -> None:
+    if mode not in MASK_MODES:
+        raise UsageError(f"unknown mask mode {mode!r}; choose one of {', '.join(MASK_MODES)}")
+
+
 def infer_class_map(stats: list[MaskStats], mode: str = "auto", ignore_value: int | None = None, *,
                     class_map_file: Path | None = None, num_classes: int | None = None) -> ClassMap:
     """Decide how the masks encode classes, or refuse with the values found and where."""
-    if mode not in MASK_MODES:
-        raise UsageError(f"unknown mask mode {mode!r}; choose one of {', '.join(MASK_MODES)}")
+    check_mask_mode(mode)
     if not stats:
         raise DataError("no masks to read")
     kinds = {s.kind for s in stats}

@@ -19,6 +19,7 @@ from pathlib import Path
 from . import __version__
 from .errors import ModelFolderError
 from .masks import ClassMap
+from .tiling import is_overlap, is_tile_size
 
 FORMAT_NAME = "unetcli-model"
 FORMAT_VERSION = 2
@@ -182,5 +183,5 @@ def _check_tile(data: dict, damaged) -> None:
         size, overlap, threshold = int(tile["size"]), float(tile["overlap"]), float(threshold)
     except (KeyError, TypeError, ValueError) as err:
         raise damaged(f"the tile or threshold entry is invalid ({type(err).__name__}: {err})") from None
-    if size < 32 or size % 32 or not 0 <= overlap <= 0.75 or not 0 < threshold < 1:
+    if not is_tile_size(size) or not is_overlap(overlap) or not 0 < threshold < 1:
         raise damaged(f"tile size {size} / overlap {overlap} / threshold {threshold} are out of range")

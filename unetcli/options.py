@@ -142,7 +142,9 @@ def flag_of(name: str) -> str:
 
 
 def _check_numbers(o: TrainOptions) -> None:
-    if o.epochs < 1 or o.batch_size < 1 or o.crop < 32 or o.crop % 32:
+    from .tiling import is_tile_size
+
+    if o.epochs < 1 or o.batch_size < 1 or not is_tile_size(o.crop):
         raise UsageError("--epochs and --batch-size must be >= 1 and --crop a multiple of 32 (>= 32)")
     if not 0 <= o.val_split < 1:
         raise UsageError(f"--val-split {o.val_split} must be in [0, 1)")
@@ -163,10 +165,9 @@ def _check_numbers(o: TrainOptions) -> None:
 def _check_names(o: TrainOptions) -> None:
     """Names and files: mask mode, class weights, augmentation, class map, then (torch) precision, device, loss
     parts and encoder."""
-    from .masks import MASK_MODES
+    from .mask_modes import check_mask_mode
 
-    if o.mask_mode not in MASK_MODES:
-        raise UsageError(f"unknown mask mode {o.mask_mode!r}; choose one of {', '.join(MASK_MODES)}")
+    check_mask_mode(o.mask_mode)
     if o.class_weights not in ("none", "auto") and not re.fullmatch(r"\s*[\d.eE+-]+(\s*,\s*[\d.eE+-]+)*\s*", o.class_weights):
         raise UsageError(f"--class-weights {o.class_weights!r}: use none, auto, or non-negative numbers separated by "
                          "commas (one per class)")

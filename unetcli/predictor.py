@@ -15,7 +15,9 @@ import numpy as np
 from .errors import CompileFailedWarning, DataError, ModelFolderError, UsageError, first_line
 from .images import to_unit_range
 from .masks import ClassMap
-from .tiling import MirroredImage, blend, plan_tiles
+from .modelmeta import DEFAULT_OVERLAP, DEFAULT_THRESHOLD
+from .tiling import MAX_OVERLAP, MirroredImage, blend, is_overlap, is_tile_size, plan_tiles
+from .transforms import STRIDE
 
 PROB_SCALE = 65535  # --save probs: 16-bit PNGs, pixel value / 65535 = probability
 PIXELS_PER_FORWARD = 2 ** 21  # at most 2 MP per forward pass (2 tiles of 1024^2), which bounds activation memory
@@ -39,7 +41,7 @@ def match_channels(image: np.ndarray, channels: int, path: Path | str) -> np.nda
 
 
 def parse_tile(tile: str | int, default: int) -> int | None:
-    """'auto' -> the model's tile size, 'off' -> whole images always, N -> N (a multiple of 32)."""
+    """'auto' -> the model's tile size, 'off' -> whole images always, N -> N (a multiple of the stride, 32)."""
     if tile == "auto":
         return default
     if tile in ("off", "0", 0):
@@ -47,15 +49,15 @@ def parse_tile(tile: str | int, default: int) -> int | None:
     try:
         size = int(tile)
     except ValueError:
-        raise UsageError(f"--tile {tile!r}: use auto, off or a size in pixels (a multiple of 32)") from None
-    if size < 32 or size % 32:
-        raise UsageError(f"--tile {size}: the tile size must be a multiple of 32 (e.g. 256, 512, 1024)")
+        raise UsageError(f"--tile {tile!r}: use auto, off or a size in pixels (a multiple of {STRIDE})") from None
+    if not is_tile_size(size):
+        raise UsageError(f"--tile {size}: the tile size must be a multiple of {STRIDE} (e.g. 256, 512, 1024)")
     return size
 
 
 def check_overlap(overlap: float) -> float:
-    if not 0 <= overlap <= 0.75:
-        raise UsageError(f"--overlap {overlap}: use a share between 0 and 0.75 (default 0.25)")
+    if not is_overlap(overlap):
+        raise UsageError(f"--overlap {overlap}: use a share between 0 and {MAX_OVERLAP} (default {DEFAULT_OVERLAP})")
     return overlap
 
 
@@ -69,7 +71,7 @@ class Predictor:
     """A model plus everything needed to apply it exactly as it was trained."""
 
     def __init__(self, model, class_map: ClassMap, eval_pipeline, *, in_channels: int, device, precision,
-                 threshold: float = 0.5, tile: int | None = None, overlap: float = 0.25, tta: bool = False,
+                 threshold: float = DEFAULT_THRESHOLD, tile: int | None = None, overlap: float = DEFAULT_OVERLAP, tta: bool = False,
                  batch_size: int = 0, compile_model: bool = False):
         import torch
 

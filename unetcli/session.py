@@ -44,7 +44,8 @@ def _load_data(options: TrainOptions) -> TrainingData:
         train_pairs, val_pairs = pairs, find_pairs(*resolve_layout(options.val))
     else:
         train_pairs, val_pairs = split_pairs(pairs, options.val_split, options.seed)
-    scan = scan_dataset(train_pairs, options.mask_mode, options.ignore_index, options.class_map_file, options.classes)
+    scan = scan_dataset(train_pairs, mask_mode=options.mask_mode, ignore_value=options.ignore_index,
+                        class_map_file=options.class_map_file, num_classes=options.classes)
     require_clean(scan, "training")
     val_scan = scan_dataset(val_pairs, class_map=scan.class_map) if val_pairs else None
     if val_scan is not None:

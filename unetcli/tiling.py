@@ -20,6 +20,16 @@ import numpy as np
 
 from .transforms import STRIDE
 
+MAX_OVERLAP = 0.75  # more overlap than this costs over 16x the work of whole-image prediction for little gain
+
+
+def is_tile_size(size: int) -> bool:
+    return size >= STRIDE and size % STRIDE == 0
+
+
+def is_overlap(overlap: float) -> bool:
+    return 0 <= overlap <= MAX_OVERLAP
+
 
 @dataclass(frozen=True)
 class TileGrid:

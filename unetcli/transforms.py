@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from .errors import UsageError
+from .masks import IGNORE_ID
 from .options import AUGMENT_PRESETS
 
 
@@ -96,7 +97,7 @@ def _crop(config: PipelineConfig):
     if config.foreground_crops <= 0:
         return random_crop
     # class id 0 is background and IGNORE_ID (255) unlabelled: a foreground crop contains some other class
-    foreground_crop = A.CropNonEmptyMaskIfExists(height=config.crop, width=config.crop, ignore_values=[0, 255],
+    foreground_crop = A.CropNonEmptyMaskIfExists(height=config.crop, width=config.crop, ignore_values=[0, IGNORE_ID],
                                                  p=config.foreground_crops)
     return A.OneOf([random_crop, foreground_crop], p=1)
 
