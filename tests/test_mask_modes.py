@@ -84,7 +84,7 @@ def test_auto_detects_index_and_prints_the_table(tmp_path):
     table = [[cell.strip() for cell in row] for row in rows]
     assert table == [[str(i), f"class_{i}", str(i)] for i in range(4)]
     assert "no problems found" in result.stdout
-    assert "3 pairs, 3 readable; channels 1" in result.stdout
+    assert "3 pairs, 3 readable; 1 channel" in result.stdout
 
 
 def test_auto_detects_palette_pngs(tmp_path):

@@ -42,6 +42,7 @@ class DataReady:
     device: str
     precision: str
     steps_per_epoch: int
+    ignored_pixels: int = 0
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,8 @@ def train(options: TrainOptions) -> Iterator:
     session = set_up(options)
     scan = session.data.scan
     yield DataReady(len(session.data.train_pairs), len(session.data.val_pairs), scan.class_map, scan.class_pixels,
-                    scan.in_channels, str(session.dist.device), session.precision.name, len(session.loader))
+                    scan.in_channels, str(session.dist.device), session.precision.name, len(session.loader),
+                    scan.ignored_pixels)
     if session.dist.main:
         session.run_dir.mkdir(parents=True, exist_ok=True)
         write_run_yaml(session.run_dir, options)

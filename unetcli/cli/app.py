@@ -148,7 +148,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 
 
-def class_table(class_map, class_pixels=None) -> Table:
+def class_table(class_map, class_pixels=None, ignored_pixels: int = 0) -> Table:
+    """The value -> class table; with pixel counts, each row's share of all mask pixels (ignored ones included)."""
     from ..masks import format_value
 
     table = Table(title=f"mask values -> classes ({class_map.mode})")
@@ -156,14 +157,15 @@ def class_table(class_map, class_pixels=None) -> Table:
         table.add_column(column)
     if class_pixels:
         table.add_column("pixels", justify="right")
-    total = sum(class_pixels or []) or 1
+    total = sum(class_pixels or []) + ignored_pixels or 1
+
+    def share(count: int) -> list[str]:
+        return [f"{100 * count / total:.1f} %"] if class_pixels else []
+
     for i, c in enumerate(class_map.classes):
-        row = [str(i), c.name, format_value(c.value)]
-        if class_pixels:
-            row.append(f"{100 * class_pixels[i] / total:.1f} %")
-        table.add_row(*row)
+        table.add_row(str(i), c.name, format_value(c.value), *share(class_pixels[i] if class_pixels else 0))
     if class_map.ignore_value is not None:
-        table.add_row("-", "(ignored)", str(class_map.ignore_value), *([""] if class_pixels else []))
+        table.add_row("-", "(ignored)", str(class_map.ignore_value), *share(ignored_pixels))
     return table
 
 

@@ -86,6 +86,22 @@ def evaluate(
     run_guarded(action)
 
 
+def _check_summary(report: dict) -> str:
+    """check's findings as one line of words (nothing printed as None when a fact is unknown)."""
+    pairs, readable = report["pairs"], report["readable"]
+    pairs_text = f"{pairs} pair{'' if pairs == 1 else 's'}"
+    if not readable:
+        return f"{pairs_text}, none readable: see the problems below"
+    channels = report["channels"]
+    facts = [f"{pairs_text}, {readable} readable",
+             f"{channels} channel{'' if channels == 1 else 's'}" if channels else "mixed channel counts",
+             f"pixel type {', '.join(report['dtypes'])}"]
+    (low_h, low_w), (high_h, high_w) = report["min_size"], report["max_size"]
+    same = (low_h, low_w) == (high_h, high_w)
+    facts.append(f"size {low_w}x{low_h} (w x h)" if same else f"sizes {low_w}..{high_w} wide x {low_h}..{high_h} high")
+    return "; ".join(facts)
+
+
 @app.command(epilog="Example: unetcli check data/ --mask-mode auto")
 def check(
     data: DataArg = None,
@@ -104,7 +120,8 @@ def check(
         from ..options import parse_classes
 
         pairs = find_pairs(*resolve_layout(data, images, masks))
-        scan = scan_dataset(pairs, mask_mode, ignore_index, class_map, parse_classes(classes))
+        scan = scan_dataset(pairs, mask_mode=mask_mode, ignore_value=ignore_index, class_map_file=class_map,
+                            num_classes=parse_classes(classes))
         sizes = scan.sizes
         report = {
             "pairs": len(pairs),
@@ -115,15 +132,15 @@ def check(
             "max_size": [max(h for h, _ in sizes), max(w for _, w in sizes)] if sizes else None,
             "classes": scan.class_map.to_dict() if scan.class_map else None,
             "class_pixels": scan.class_pixels,
+            "ignored_pixels": scan.ignored_pixels,
             "problems": scan.problems,
         }
         if as_json:
             print(json.dumps(report))
         else:
-            out_console.print(f"{report['pairs']} pairs, {report['readable']} readable; channels {report['channels']}; "
-                              f"pixel types {', '.join(report['dtypes'])}; sizes (h x w) {report['min_size']} .. {report['max_size']}")
+            out_console.print(_check_summary(report), soft_wrap=True)
             if scan.class_map:
-                out_console.print(class_table(scan.class_map, scan.class_pixels))
+                out_console.print(class_table(scan.class_map, scan.class_pixels, scan.ignored_pixels))
             for problem in scan.problems:
                 say("problem", problem)
             if not scan.problems:

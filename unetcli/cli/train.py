@@ -106,7 +106,7 @@ def _data_ready(event, quiet: bool, as_json: bool):
         err_console.print(
             f"{event.train_pairs} training / {event.val_pairs} validation pairs, {event.in_channels} channel(s), "
             f"device {event.device}, precision {event.precision}")
-        err_console.print(class_table(event.class_map, event.class_pixels))
+        err_console.print(class_table(event.class_map, event.class_pixels, event.ignored_pixels))
     if not interactive(quiet) or as_json:
         return None
     progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
