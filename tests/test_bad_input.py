@@ -414,7 +414,7 @@ def test_output_that_would_overwrite_an_input(trained, tmp_path):
     user_error(cli("predict", trained.model, folder / "a.png", "-o", folder), 3,
                f"{folder / 'a.png'}: the output would overwrite an input image")
     user_error(cli("predict", trained.model, folder / "a.png", folder / "a_color.png", "-o", tmp_path / "in" / ".." / "in",
-                   "--save", "color"), 3, "the output would overwrite an input image")
+                   "--save", "color,-mask"), 3, "the output would overwrite an input image")
     assert tree(folder) == before
 
 

@@ -65,9 +65,10 @@ def recover_folder(target: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def replace_folder(target: Path, write: Callable[[Path], None]) -> None:
+def replace_folder(target: Path, write: Callable[[Path], None], *, trial: bool = False) -> None:
     """Fill a temporary sibling folder with `write`, then swap it in place of `target`. Between the two
-    renames `target` is missing; `recover_folder` (run here first, and on --resume) repairs a save killed there."""
+    renames `target` is missing; `recover_folder` (run here first, and on --resume) repairs a save killed there.
+    A trial fills the temporary folder and deletes it: it fails as the save would, and replaces nothing."""
     target = Path(target)
     if target.parent.is_dir():
         recover_folder(target)
@@ -77,6 +78,9 @@ def replace_folder(target: Path, write: Callable[[Path], None]) -> None:
     try:
         tmp.mkdir(parents=True)
         write(tmp)
+        if trial:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         if target.exists():
             os.replace(target, old)
         os.replace(tmp, target)
@@ -85,7 +89,7 @@ def replace_folder(target: Path, write: Callable[[Path], None]) -> None:
         if old.exists() and not target.exists():
             os.replace(old, target)
         raise OutputError(f"{target}: cannot write the model folder ({err.strerror or err}); check free space and permissions") from None
-    except BaseException:  # a second Ctrl-C: put the previous folder back
+    except BaseException:  # an error inside smp's save (ImportError, ...), a second Ctrl-C: put the previous folder back
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not target.exists():
             os.replace(old, target)
@@ -94,7 +98,7 @@ def replace_folder(target: Path, write: Callable[[Path], None]) -> None:
 
 
 def save_model_folder(target: Path, model, meta: ModelMeta, *, train_state: dict | None = None,
-                      extra_files: dict[str, bytes] | None = None) -> None:
+                      extra_files: dict[str, bytes] | None = None, trial: bool = False) -> None:
     import torch
 
     plain = unwrap(model)
@@ -116,7 +120,7 @@ def save_model_folder(target: Path, model, meta: ModelMeta, *, train_state: dict
         except (SafetensorError, RuntimeError) as err:  # how safetensors and torch.save report a full disk
             raise OSError(str(err).splitlines()[0][:200] if str(err) else type(err).__name__) from err
 
-    replace_folder(target, write)
+    replace_folder(target, write, trial=trial)
 
 
 @dataclass(frozen=True)

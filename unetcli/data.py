@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .channels import AlphaCheck, alpha_range, check_alpha, match_channels
 from .errors import DataError, UsageError
 from .images import RawMask, exif_rotates, is_image_file, read_image, read_mask, to_unit_range
 from .mask_modes import infer_class_map
@@ -167,6 +168,12 @@ class DatasetScan:
     ignored_pixels: int = 0  # pixels of the ignored mask value (left out of loss and metrics)
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    alpha: AlphaCheck | None = None  # RGBA images: whether their alpha is one constant (then dropped) or varies
+
+    @property
+    def alpha_dropped(self) -> float | None:
+        """The constant alpha value left out of the model's input (see ModelMeta.alpha_dropped), or None."""
+        return self.alpha.value if self.alpha is not None and self.alpha.dropped else None
 
     @property
     def sizes(self) -> list[tuple[int, int]]:
@@ -181,8 +188,10 @@ def scan_dataset(
     class_map_file: Path | None = None,
     num_classes: int | None = None,
     class_map: ClassMap | None = None,
+    in_channels: int | None = None,
 ) -> DatasetScan:
-    """Read every pair, collect every problem, infer (or apply) the class map and channel count."""
+    """Read every pair, collect every problem, infer (or apply) the class map and channel count. With
+    `in_channels` (a model's, e.g. for validation) each image is fitted to it as predict fits its inputs."""
     scan = DatasetScan(samples=[])
     for pair in pairs:
         try:
@@ -191,18 +200,9 @@ def scan_dataset(
             scan.problems.append(str(err))
     if not scan.samples:
         return scan
-    channels: dict[int, list[str]] = {}
-    for sample in scan.samples:
-        channels.setdefault(sample.image.shape[2], []).append(sample.pair.image.name)
-    if len(channels) > 1:
-        common = max(channels, key=lambda c: len(channels[c]))
-        odd = [f"{_short_list(names, 3)} ({c} channel{'' if c == 1 else 's'})" for c, names in channels.items() if c != common]
-        scan.problems.append(
-            f"images mix channel counts: most have {common}, but {'; '.join(odd)}; "
-            "convert them all to the same (e.g. all gray or all RGB)"
-        )
-    else:
-        scan.in_channels = next(iter(channels))
+    _settle_channels(scan, in_channels)
+    if not scan.samples:  # none fitted the given channel count
+        return scan
     stats: list[MaskStats] = [mask_stats(s.pair.mask, s.raw_mask) for s in scan.samples]
     try:
         scan.class_map = class_map or infer_class_map(stats, mask_mode, ignore_value, class_map_file=class_map_file,
@@ -223,6 +223,40 @@ def scan_dataset(
     if scan.in_channels is not None:
         scan.mean, scan.std = channel_statistics([s.image for s in scan.samples])
     return scan
+
+
+def _settle_channels(scan: DatasetScan, in_channels: int | None) -> None:
+    """Set the model's channel count: `in_channels` with every image fitted to it (`match_channels`), or the
+    images' common count, less an alpha channel that is one constant in every image (checked per image by
+    its min and max: one pass over the alpha plane of images that are decoded anyway)."""
+    if in_channels is not None:
+        fitted = []
+        for sample in scan.samples:
+            try:
+                sample.image = match_channels(sample.image, in_channels, sample.pair.image)
+                fitted.append(sample)
+            except DataError as err:
+                scan.problems.append(str(err))
+        scan.samples, scan.in_channels = fitted, in_channels
+        return
+    channels: dict[int, list[str]] = {}
+    for sample in scan.samples:
+        channels.setdefault(sample.image.shape[2], []).append(sample.pair.image.name)
+    if len(channels) > 1:
+        common = max(channels, key=lambda c: len(channels[c]))
+        odd = [f"{_short_list(names, 3)} ({c} channel{'' if c == 1 else 's'})" for c, names in channels.items() if c != common]
+        scan.problems.append(
+            f"images mix channel counts: most have {common}, but {'; '.join(odd)}; "
+            "convert them all to the same (e.g. all gray or all RGB)"
+        )
+        return
+    scan.in_channels = next(iter(channels))
+    if scan.in_channels == 4:
+        scan.alpha = check_alpha([alpha_range(s.image) for s in scan.samples])
+        if scan.alpha.dropped:
+            for sample in scan.samples:
+                sample.image = match_channels(sample.image, 3, sample.pair.image)
+            scan.in_channels = 3
 
 
 def channel_statistics(images: list[np.ndarray]) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -27,6 +27,20 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     return display_levels(image).astype(np.uint8)
 
 
+def outline_width(height: int, width: int) -> int:
+    """Overlay outlines: 1 pixel, 2 on images of 600 pixels and more (both sides)."""
+    return 1 if min(height, width) < 600 else 2
+
+
+def class_outlines(ids: np.ndarray, width: int = 1) -> np.ndarray:
+    """H x W bool: pixels of a class other than 0 that lie within `width` pixels of another class (not of the
+    image's edge)."""
+    kernel = np.ones((3, 3), np.uint8)
+    low = cv2.erode(ids, kernel, iterations=width, borderType=cv2.BORDER_REPLICATE)
+    high = cv2.dilate(ids, kernel, iterations=width, borderType=cv2.BORDER_REPLICATE)
+    return (low != high) & (ids > 0)
+
+
 def thumbnail(array: np.ndarray, *, nearest: bool, enlarge: bool = False) -> np.ndarray:
     """Scale an image (nearest: class ids or colours) to fit THUMBNAIL, keeping its aspect ratio; smaller
     images keep their size unless `enlarge`. Keeps an H x W x 1 array's channel axis."""

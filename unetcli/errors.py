@@ -25,6 +25,11 @@ class OutputError(UnetcliError):
     exit_code = 3
 
 
+class SaveFailedError(OutputError):
+    """A model folder that could not be saved during training, at the second try either. The message says
+    which folder, why, and where the run can go on from (the previous model-last/ is left as it was)."""
+
+
 class ModelFolderError(UnetcliError):
     """A model folder that is missing files, has a wrong format version or cannot be loaded."""
 

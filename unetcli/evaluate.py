@@ -20,7 +20,7 @@ from .mask_modes import infer_class_map
 from .masks import ClassMap, mask_stats
 from .metrics import SCORES, confusion_matrix, counts_from_confusion, nanmean, pixel_accuracy, scores_from_counts
 
-PREDICTION_EXTRAS = ("_color", "_overlay")  # files `unetcli predict --save` writes beside the masks
+PREDICTION_EXTRAS = ("_color", "_overlay", "_probs")  # files `unetcli predict --save` writes beside the masks
 WORST_KEPT = 6  # worst images kept (as thumbnails, see display.THUMBNAIL) for the --report picture
 
 
@@ -145,7 +145,7 @@ def evaluate_model(model_dir: Path, data: Path | None, images: Path | None = Non
 
     predictor = Predictor.from_folder(model_dir, device, precision, tile=tile, tta=tta)
     pairs = find_pairs(*resolve_layout(data, images, masks))
-    evaluation = Evaluation(predictor.class_map.names, class_colours=[c.colour for c in predictor.class_map.classes],
+    evaluation = Evaluation(predictor.class_map.names, class_colours=predictor.class_map.display_colours.tolist(),
                             source=f"model {model_dir} on {data if data is not None else images}")
     for pair in pairs:
         sample = read_sample(pair)
@@ -161,8 +161,17 @@ def _prediction_pairs(pred_dir: Path, gt_dir: Path) -> list[Pair]:
     """Pair predicted masks with true masks, leaving out predict's colour/overlay files."""
     files = list_image_files(pred_dir)
     stems = {p.stem for p in files}
-    masks = [p for p in files if not any(p.stem.endswith(e) and p.stem[: -len(e)] in stems for e in PREDICTION_EXTRAS)]
+    masks = [p for p in files if not _predict_extra(p.stem, stems)]
     return pair_files(masks, list_image_files(gt_dir), pred_dir, gt_dir)
+
+
+def _predict_extra(stem: str, stems: set[str]) -> bool:
+    """Whether `stem` names one of predict's extra files for another file among `stems` (a_color, a_probs_2)."""
+    for extra in PREDICTION_EXTRAS:
+        head, found, tail = stem.rpartition(extra)
+        if found and head in stems and (not tail or extra == "_probs" and tail[:1] == "_" and tail[1:].isdigit()):
+            return True
+    return False
 
 
 def evaluate_folders(pred_dir: Path, gt_dir: Path, mask_mode: str = "auto", class_map_file: Path | None = None,
@@ -179,7 +188,7 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path, mask_mode: str = "auto", clas
     if class_map is None:
         stats = [mask_stats(p.mask, t) for p, _, t in raws] + [mask_stats(p.image, q) for p, q, _ in raws]
         class_map = infer_class_map(stats, mask_mode, class_map_file=class_map_file)
-    evaluation = Evaluation(class_map.names, class_colours=[c.colour for c in class_map.classes],
+    evaluation = Evaluation(class_map.names, class_colours=class_map.display_colours.tolist(),
                             source=f"predictions {pred_dir} against {gt_dir}")
     for pair, pred, truth in raws:
         pred_ids, truth_ids = class_map.decode(pred, pair.image), class_map.decode(truth, pair.mask)

@@ -8,19 +8,39 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from .class_csv import class_csv_entries
 from .errors import DataError, UsageError
 from .masks import MASK_MODES, MAX_CLASSES, ClassMap, MaskStats, SegClass, Value, default_colour, format_value, value_key
 
 MAX_AUTO_COLOURS = 64  # more distinct colours than this almost always means a lossy or resized mask
 MAX_AUTO_INDEX = 64  # gray values at or above this are gray levels, not class ids
 
-def load_class_map_file(path: Path) -> list[tuple[str, Value]]:
-    """Read a `{name: value}` mapping (JSON or YAML); value is a gray level or [r, g, b]. Order = class id."""
+def load_class_map_file(path: Path, *, colour_masks: bool | None = None) -> list[tuple[str, Value]]:
+    """(name, value) per class of a class map file (see `read_class_map`), in class-id order."""
+    return [(name, value) for name, value, _ in read_class_map(path, colour_masks=colour_masks)]
+
+
+def read_class_map(path: Path, *, colour_masks: bool | None = None) -> list[tuple[str, Value, tuple | None]]:
+    """A class map: a JSON/YAML `{name: value}` mapping, value a gray level or [r, g, b], or a CSV table
+    (`name,r,g,b`, `index,name[,r,g,b]`, `name,value`; see class_csv). Order = class id. Entries are
+    (name, mask value, colour to draw the class or None); `colour_masks` says whether the masks are colour."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as err:
         raise UsageError(f"{path}: cannot read the class map ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a text file; a class map is JSON, YAML or CSV text (UTF-8)") from None
+    if path.suffix.lower() == ".csv":
+        entries = class_csv_entries(path, text, colour_masks)
+    else:
+        entries = [(name, value, None) for name, value in _mapping_entries(path, text)]
+    _check_unique(path, entries)
+    return entries
+
+
+def _mapping_entries(path: Path, text: str) -> list[tuple[str, Value]]:
+    """The (name, value) pairs of a JSON or YAML class map, values checked."""
 
     def no_duplicate_names(pairs):
         names = [name for name, _ in pairs]
@@ -48,18 +68,26 @@ def load_class_map_file(path: Path) -> list[tuple[str, Value]]:
             entries.append((str(name), tuple(value)))
         else:
             raise DataError(f"{path}: class {name!r} has value {value!r}; use a gray level 0..65535 or [r, g, b]")
-    kinds = {isinstance(v, tuple) for _, v in entries}
+    return entries
+
+
+def _check_unique(path: Path, entries: list[tuple[str, Value, tuple | None]]) -> None:
+    """One kind of value (gray levels or colours), one class per name and per value."""
+    kinds = {isinstance(value, tuple) for _, value, _ in entries}
     if len(kinds) > 1:
         raise DataError(f"{path}: mixes gray levels and [r, g, b] colours; use one kind for all classes")
+    names = [name for name, _, _ in entries]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"{path}: class names {', '.join(dupes)} appear twice; each class needs one name")
     seen: dict[Value, str] = {}
-    for name, value in entries:
+    for name, value, _ in entries:
         if value in seen:
             raise DataError(
                 f"{path}: classes {seen[value]!r} and {name!r} share the value {format_value(value)}; "
                 "each value must name exactly one class"
             )
         seen[value] = name
-    return entries
 
 
 def _files_with(stats: Iterable[MaskStats], values: set, limit: int = 3) -> str:
@@ -96,8 +124,8 @@ def infer_class_map(stats: list[MaskStats], mode: str = "auto", ignore_value: in
     values = sorted(totals, key=value_key)
 
     if class_map_file is not None:
-        return _from_mapping(stats, load_class_map_file(class_map_file), values, ignore_value=ignore_value, colour=colour,
-                             kinds=kinds)
+        return _from_mapping(stats, read_class_map(class_map_file, colour_masks=colour), values, ignore_value=ignore_value,
+                             colour=colour, kinds=kinds)
     if mode == "auto":
         mode = _auto_mode(values, kinds, colour)
     builder = {"binary": _binary, "index": _index, "palette": _palette, "rgb": _rgb}[mode]
@@ -200,13 +228,16 @@ def _rgb(stats, values, ignore_value, *, num_classes=None) -> ClassMap:
 
 
 def _from_mapping(stats, entries, values, *, ignore_value, colour, kinds) -> ClassMap:
+    """The class map a map file describes; entries are (name, value, colour or None) in class-id order."""
+    if ignore_value is not None:  # a row for the --ignore-index value (a void row) is that value, not a class
+        entries = [entry for entry in entries if entry[1] != ignore_value] or entries
     mapped_colour = isinstance(entries[0][1], tuple)
     if mapped_colour != colour:
         raise DataError(
             "the class map lists " + ("[r, g, b] colours but the masks are gray" if mapped_colour
                                       else "gray levels but the masks are colour") + "; match the map to the masks"
         )
-    known = {value for _, value in entries}
+    known = {value for _, value, _ in entries}
     unknown = [v for v in values if v not in known]
     if unknown:
         raise DataError(
@@ -215,8 +246,8 @@ def _from_mapping(stats, entries, values, *, ignore_value, colour, kinds) -> Cla
         )
     mode = "rgb" if colour else ("palette" if "palette" in kinds else "index")
     classes = tuple(
-        SegClass(name, value, value if isinstance(value, tuple) else default_colour(i))
-        for i, (name, value) in enumerate(entries)
+        SegClass(name, value, drawn or (value if isinstance(value, tuple) else default_colour(i)))
+        for i, (name, value, drawn) in enumerate(entries)
     )
     palette = stats[0].palette if mode == "palette" else None
     return ClassMap(mode, classes, ignore_value, palette)

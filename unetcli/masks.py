@@ -7,6 +7,7 @@ encodes its classes is worked out in `mask_modes`.
 
 from __future__ import annotations
 
+import colorsys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -22,18 +23,45 @@ MAX_CLASSES = 255
 MASK_MODES = ("auto", "binary", "index", "palette", "rgb")
 _UNKNOWN = np.uint16(0xFFFF)
 
-DEFAULT_COLOURS = (
-    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
-    (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0),
+# Colours for pictures of class tables that bring none of their own (binary and index masks): saturated hues
+# that stand out from gray and natural images, none near white, gray or black (class 0, the background, is black
+# in `--save color` pictures and left unpainted in overlays). Binary foreground is magenta: of white, red, yellow,
+# orange, cyan, green, blue and purple it changes bright, dark, mid-gray and colourful images the most.
+DISPLAY_COLOURS = (
+    (0, 0, 0), (255, 0, 255), (255, 225, 25), (70, 240, 240), (60, 180, 75), (245, 130, 48), (0, 130, 200),
+    (230, 25, 75), (145, 30, 180), (210, 245, 60), (0, 128, 128), (170, 110, 40), (128, 0, 0), (128, 128, 0),
+    (0, 0, 128),
 )
+NEAR_GRAY = 64  # a colour whose channels differ by less than this is near gray (white and black included)
 
 
 def default_colour(class_id: int) -> tuple[int, int, int]:
-    if class_id < len(DEFAULT_COLOURS):
-        return DEFAULT_COLOURS[class_id]
-    rng = np.random.default_rng(class_id)
-    return tuple(int(c) for c in rng.integers(40, 256, 3))
+    """Class `class_id`'s display colour: DISPLAY_COLOURS, then saturated hues a golden angle apart."""
+    if class_id < len(DISPLAY_COLOURS):
+        return DISPLAY_COLOURS[class_id]
+    hue = (class_id * 0.618034) % 1.0
+    red, green, blue = colorsys.hsv_to_rgb(hue, 0.75 + 0.25 * (class_id % 2), 0.7 + 0.3 * (class_id % 3) / 2)
+    return round(255 * red), round(255 * green), round(255 * blue)
+
+
+def near_gray(colour) -> bool:
+    return int(max(colour)) - int(min(colour)) < NEAR_GRAY
+
+
+def overlay_colours(colours: list) -> list[tuple[int, int, int]]:
+    """The user's class colours for overlays, but each near-gray one (white, gray, black: lost on gray and bright
+    images) replaced by a display colour far from all the others."""
+    chosen = [tuple(int(v) for v in c) for c in colours]
+    candidates = (default_colour(k) for k in range(1, 1000))
+    for i, colour in enumerate(chosen):
+        if i == 0 or not near_gray(colour):  # class 0 (background) is left unpainted
+            continue
+        for candidate in candidates:
+            others = [c for c in chosen if not near_gray(c)]
+            if all(sum((a - b) ** 2 for a, b in zip(candidate, c)) >= 80 ** 2 for c in others):
+                chosen[i] = candidate
+                break
+    return chosen
 
 
 def _rgb_key(values: np.ndarray) -> np.ndarray:
@@ -79,7 +107,7 @@ def mask_stats(path: Path, raw: RawMask) -> MaskStats:
 class SegClass:
     name: str
     value: Value  # the user's pixel value: gray level, palette index or RGB colour
-    colour: tuple[int, int, int]  # used for colour previews and overlays
+    colour: tuple[int, int, int]  # palette and colour masks: the user's colour; pictures use ClassMap.display_colours
 
 
 @dataclass(frozen=True)
@@ -158,8 +186,20 @@ class ClassMap:
         dtype = np.uint16 if max(values) > 255 else np.uint8
         return np.asarray(values, dtype)[ids]
 
+    @cached_property
+    def display_colours(self) -> np.ndarray:
+        """N x 3 uint8, each class's colour in pictures (`--save color`, val_examples.png, the report): the user's
+        own for palette and colour masks, DISPLAY_COLOURS for binary and index masks (whatever the model stored)."""
+        own = self.mode in ("palette", "rgb")
+        return np.asarray([c.colour if own else default_colour(i) for i, c in enumerate(self.classes)], np.uint8)
+
+    @cached_property
+    def overlay_colours(self) -> np.ndarray:
+        """N x 3 uint8 for overlays: display_colours with near-gray ones replaced (see overlay_colours)."""
+        return np.asarray(overlay_colours(self.display_colours.tolist()), np.uint8)
+
     def colourise(self, ids: np.ndarray) -> np.ndarray:
-        return np.asarray([c.colour for c in self.classes], np.uint8)[ids]
+        return self.display_colours[ids]
 
     def describe_values(self) -> str:
         return ", ".join(format_value(c.value) for c in self.classes)

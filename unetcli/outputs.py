@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .display import display_levels
+from .display import class_outlines, display_levels, outline_width
 from .errors import OutputError, UnetcliError, UsageError
 from .images import remove_stale_temp_files, write_png
 
@@ -19,15 +19,41 @@ if TYPE_CHECKING:
     from .predictor import Predictor
 
 SAVE_KINDS = ("mask", "color", "overlay", "probs")
+SAVE_SYNONYMS = {"colour": "color"}
+
+
+def resolve_save(save: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """--save as written -> the kinds to write, mask first: the mask always, unless listed as `-mask`; the other
+    kinds add files to it. `colour` means `color`."""
+    listed, removed = [], set()
+    for word in (w.strip().lower() for w in save if w.strip()):
+        kind = SAVE_SYNONYMS.get(word.lstrip("-"), word.lstrip("-"))
+        if kind not in SAVE_KINDS:
+            raise UsageError(f"--save {','.join(save)}: {word!r} is none of {', '.join(SAVE_KINDS)} "
+                             "(-mask leaves the mask out)")
+        if word.startswith("-"):
+            removed.add(kind)
+        else:
+            listed.append(kind)
+    both = removed.intersection(listed)
+    if both:
+        raise UsageError(f"--save {','.join(save)}: {', '.join(sorted(both))} both listed and left out")
+    kinds = tuple(k for k in SAVE_KINDS if k in listed or (k == "mask" and k not in removed))
+    if not kinds:
+        raise UsageError(f"--save {','.join(save)}: nothing left to write; list color, overlay or probs")
+    return kinds
 
 
 @dataclass(frozen=True)
 class PredictOptions:
     out_dir: Path
-    save: tuple[str, ...] = ("mask",)
+    save: tuple[str, ...] = ("mask",)  # as written; resolved by resolve_save (the mask is always in, unless -mask)
     skip_existing: bool = False
     shard: tuple[int, int] = (1, 1)
-    overlay_alpha: float = 0.5
+    overlay_alpha: float = 0.4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "save", resolve_save(self.save))
 
 
 @dataclass
@@ -53,9 +79,8 @@ class PredictResult:
 
 
 def check_save_kinds(save: tuple[str, ...]) -> None:
-    unknown = set(save) - set(SAVE_KINDS)
-    if unknown or not save:
-        raise UsageError(f"--save {','.join(save)}: choose from {', '.join(SAVE_KINDS)}")
+    """Raise UsageError unless resolve_save accepts `save` (PredictOptions resolves its own)."""
+    resolve_save(save)
 
 
 def output_paths(path: Path, options: PredictOptions, probability_channels: int = 1) -> dict[str, Path]:
@@ -103,11 +128,15 @@ def prepare_out_dir(out_dir: Path) -> None:
     remove_stale_temp_files(out_dir)  # left by a predict that was killed while writing
 
 
-def overlay(image: np.ndarray, colour: np.ndarray, ids: np.ndarray, *, alpha: float) -> np.ndarray:
-    """The image as RGB with the colours of its non-background pixels blended in at `alpha`."""
+def overlay(image: np.ndarray, colours: np.ndarray, ids: np.ndarray, *, alpha: float) -> np.ndarray:
+    """The image as RGB, each class but 0 blended in at `alpha` in its colour (`colours`: N x 3, one per class id)
+    and outlined in it, 1-2 pixels wide (see docs/decisions.md)."""
     base = display_levels(image)
-    blended = np.where((ids > 0)[:, :, None], base * (1 - alpha) + colour * alpha, base)
-    return blended.astype(np.uint8)
+    paint = colours[ids].astype(np.float32)
+    blended = np.where((ids > 0)[:, :, None], base * (1 - alpha) + paint * alpha, base)
+    edges = class_outlines(ids, outline_width(*ids.shape[:2]))
+    blended[edges] = paint[edges]
+    return blended.round().astype(np.uint8)
 
 
 def write_outputs(predictor: Predictor, path: Path, image: np.ndarray, *, ids: np.ndarray, probs: np.ndarray | None,
@@ -126,7 +155,7 @@ def write_outputs(predictor: Predictor, path: Path, image: np.ndarray, *, ids: n
             elif kind == "color":
                 write_png(target, class_map.colourise(ids))
             else:
-                write_png(target, overlay(image, class_map.colourise(ids), ids, alpha=options.overlay_alpha))
+                write_png(target, overlay(image, class_map.overlay_colours, ids, alpha=options.overlay_alpha))
     except UnetcliError as err:
         return PredictResult(path, "error", error=str(err), exit_code=err.exit_code)
     present = np.flatnonzero(np.bincount(ids.ravel(), minlength=class_map.num_classes))

@@ -9,10 +9,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from .errors import CompileFailedWarning, DataError, ModelFolderError, UsageError, first_line
+from .channels import match_channels
+from .errors import CompileFailedWarning, ModelFolderError, UsageError, first_line
 from .images import to_unit_range
 from .masks import ClassMap
 from .modelmeta import DEFAULT_OVERLAP, DEFAULT_THRESHOLD
@@ -24,20 +24,6 @@ PIXELS_PER_FORWARD = 2 ** 21  # at most 2 MP per forward pass (2 tiles of 1024^2
 CPU_PIXELS_PER_FORWARD = 2 ** 18  # batch size auto on CPU: a quarter megapixel per pass is fastest (measured: 512^2
 # images at batch 1 run 20 % faster per pixel than at batch 4; 128^2 ones twice as fast at batch 8 as at batch 1)
 AUTO_BATCH = 8  # batch size auto elsewhere: up to this many images (within PIXELS_PER_FORWARD)
-
-
-def match_channels(image: np.ndarray, channels: int, path: Path | str) -> np.ndarray:
-    """Adapt well-defined channel differences (gray<->RGB, dropping alpha); refuse the rest."""
-    have = image.shape[2]
-    if have == channels:
-        return image
-    if channels == 1 and have in (3, 4):
-        return cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_RGB2GRAY)[:, :, None]
-    if channels == 3 and have == 1:
-        return np.repeat(image, 3, axis=2)
-    if channels == 3 and have == 4:
-        return np.ascontiguousarray(image[:, :, :3])
-    raise DataError(f"{path}: image has {have} channel(s) but the model expects {channels}; convert the image")
 
 
 def parse_tile(tile: str | int, default: int) -> int | None:

@@ -15,10 +15,21 @@ from .display import as_rgb, thumbnail
 PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+INK, GREY, LIGHT = (30, 30, 30), (110, 110, 110), (225, 225, 225)
+FRAME = (170, 170, 170)  # around each cell of the example grid
+BAR = (70, 130, 180)
 
 
 def _text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float = 0.45, colour=(0, 0, 0)) -> None:
     cv2.putText(canvas, text, origin, FONT, scale, colour, 1, cv2.LINE_AA)
+
+
+def _epoch_ticks(epochs: int) -> list[int]:
+    """Epoch numbers to label: multiples of a round step (1, 2, 5, 10, 20, 50, ...), and 1; at most 11."""
+    step = next(s for s in itertools.chain.from_iterable((k, 2 * k, 5 * k) for k in (10 ** e for e in itertools.count()))
+                if epochs / s <= 10)
+    ticks = list(range(step, epochs + 1, step))
+    return ticks if step in (1, 2) else [1, *ticks]
 
 
 def _panel(canvas: np.ndarray, box: tuple[int, int, int, int], series: dict[str, list[float]], title: str) -> None:
@@ -44,7 +55,12 @@ def _panel(canvas: np.ndarray, box: tuple[int, int, int, int], series: dict[str,
     for frac in (0.0, 0.5, 1.0):
         value = high - frac * (high - low)
         _text(canvas, f"{value:.3g}", (x0 + 2, y0 + top + int(frac * plot_h) + 4), 0.38, (90, 90, 90))
-    _text(canvas, f"epoch 1..{epochs}", (x0 + left, y0 + h - 8), 0.4, (90, 90, 90))
+    axis_y = y0 + top + plot_h
+    for epoch in _epoch_ticks(epochs):
+        x = point(epoch - 1, high)[0]
+        cv2.line(canvas, (x, axis_y), (x, axis_y + 4), (90, 90, 90), 1)
+        _text(canvas, str(epoch), (x - _width(str(epoch), 0.38) // 2, axis_y + 16), 0.38, (90, 90, 90))
+    _text(canvas, "epoch", (x0 + 2, axis_y + 16), 0.38, (90, 90, 90))
     for k, (name, vs) in enumerate(series.items()):
         colour = PALETTE[k % len(PALETTE)]
         points = [point(i, v) for i, v in enumerate(vs) if v is not None and math.isfinite(v)]
@@ -56,7 +72,8 @@ def _panel(canvas: np.ndarray, box: tuple[int, int, int, int], series: dict[str,
 
 
 def training_curves(history: list[dict]) -> np.ndarray:
-    """RGB image: losses on the left, per-class validation Dice on the right."""
+    """RGB image: losses on the left, per-class validation Dice on the right; without validation (--val-split 0)
+    the training loss alone, across the whole picture."""
     canvas = np.full((320, 900, 3), 255, np.uint8)
 
     def column(key: str) -> list[float | None]:
@@ -66,34 +83,45 @@ def training_curves(history: list[dict]) -> np.ndarray:
     if any(v is not None for v in column("val_loss")):
         losses["val loss"] = column("val_loss")
     dice = {key[5:]: column(key) for key in history[0] if key.startswith("dice_")} if history else {}
+    if not any(v is not None for vs in dice.values() for v in vs):
+        _panel(canvas, (0, 0, 900, 320), losses, "training loss (no validation set)")
+        return canvas
     _panel(canvas, (0, 0, 450, 320), losses, "loss")
     _panel(canvas, (450, 0, 450, 320), dice, "validation Dice per class")
     return canvas
 
 
+def _fit(array: np.ndarray, height: int, width: int, *, nearest: bool) -> np.ndarray:
+    """Scale an H x W x 3 picture to fit height x width, keeping its aspect ratio (smaller ones are enlarged)."""
+    scale = min(height / array.shape[0], width / array.shape[1])
+    size = (max(1, min(width, round(array.shape[1] * scale))), max(1, min(height, round(array.shape[0] * scale))))
+    shrink = scale < 1
+    return cv2.resize(array, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
 def example_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], colours: np.ndarray, height: int = 160) -> np.ndarray:
-    """RGB grid, one row per example: image | truth | prediction (class colours), each `height` px tall."""
-    lines = []
-    for image, truth, pred in rows:
-        scale = height / image.shape[0]
-        size = (max(1, round(image.shape[1] * scale)), height)
-        tiles = [cv2.resize(as_rgb(image), size, interpolation=cv2.INTER_AREA)]
-        for ids in (truth, pred):
-            shown = np.where(ids == 255, 0, ids)
-            tiles.append(cv2.resize(colours[shown], size, interpolation=cv2.INTER_NEAREST))
-        lines.append(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in tiles], axis=1))
-    width = max(line.shape[1] for line in lines)
-    lines = [np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255) for line in lines]
-    header = np.full((22, width, 3), 255, np.uint8)
-    for k, label in enumerate(("image", "truth", "prediction")):
-        _text(header, label, (6 + k * (lines[0].shape[1] // 3), 16))
-    return np.concatenate([header, *lines], axis=0)
+    """RGB grid, one row per example: image | truth | prediction (class colours), in cells of one size (`height`
+    pixels tall, as wide as the widest example, at most twice `height`), each picture fitted and centred in its
+    cell, under one header of the three column names."""
+    labels, gap, margin, header_h = ("image", "truth", "prediction"), 6, 4, 22
+    widest = max(round(image.shape[1] * height / image.shape[0]) for image, _, _ in rows)
+    cell_w = max(min(widest, 2 * height), max(_width(label, 0.45) for label in labels) + 8)
+    canvas = _blank(header_h + len(rows) * (height + gap) + margin, margin + 3 * (cell_w + gap))
+    lefts = [margin + k * (cell_w + gap) for k in range(3)]
+    for x, label in zip(lefts, labels):
+        _text(canvas, label, (x + (cell_w - _width(label, 0.45)) // 2, 16), 0.45, INK)
+    for r, (image, truth, pred) in enumerate(rows):
+        y = header_h + r * (height + gap)
+        pictures = [(as_rgb(image), False)] + [(colours[np.where(ids == 255, 0, ids)], True) for ids in (truth, pred)]
+        for x, (picture, nearest) in zip(lefts, pictures):
+            tile = _fit(picture, height, cell_w, nearest=nearest)
+            _paste(canvas, tile, x + (cell_w - tile.shape[1]) // 2, y + (height - tile.shape[0]) // 2)
+            cv2.rectangle(canvas, (x - 1, y - 1), (x + cell_w, y + height), FRAME, 1)
+    return canvas
 
 
 # ------------------------------------------------------------------------------------ evaluation report
 
-INK, GREY, LIGHT = (30, 30, 30), (110, 110, 110), (225, 225, 225)
-BAR = (70, 130, 180)
 
 
 def _ascii(text: str, limit: int) -> str:

@@ -30,14 +30,28 @@ from .app import (
 )
 
 
-def render_evaluation(events):
+def render_evaluation(events, log=None):
+    """The finished Evaluation; `log` (a progress.CountLog) gets a tick per scored image."""
     from ..evaluate import Evaluation
 
     evaluation = None
     for event in events:
         if isinstance(event, Evaluation):
             evaluation = event
+        elif log is not None:
+            log.advance()
     return evaluation
+
+
+def _pair_count(data: Path | None, images: Path | None, masks: Path | None) -> int | None:
+    """How many pairs `evaluate_model` will score; None when the folders have a problem (it reports that itself)."""
+    from ..data import find_pairs, resolve_layout
+    from ..errors import UnetcliError
+
+    try:
+        return len(find_pairs(*resolve_layout(data, images, masks)))
+    except UnetcliError:
+        return None
 
 
 @app.command(epilog="Examples: unetcli evaluate runs/cells/model-best test/   |   unetcli evaluate --pred out/ --gt test/masks/")
@@ -65,7 +79,9 @@ def evaluate(
     def action():
         from ..checkpoint import resolve_model_dir
         from ..evaluate import evaluate_folders, evaluate_model
+        from .progress import CountLog, plain_progress
 
+        log = CountLog("evaluate", None) if plain_progress(quiet) else None
         if pred is not None or gt is not None:
             if pred is None or gt is None or model is not None:
                 raise UsageError("use either MODEL DATA, or --pred DIR --gt DIR (both, without a model)")
@@ -73,9 +89,11 @@ def evaluate(
         else:
             if model is None:
                 raise UsageError("give a MODEL folder and DATA (or --pred DIR --gt DIR)")
+            if log is not None:
+                log.total = _pair_count(data, images, masks)
             events = evaluate_model(resolve_model_dir(model), data, images=images, masks=masks, device=device, precision=precision,
                                     tile=tile, tta=tta)
-        evaluation = render_evaluation(events)
+        evaluation = render_evaluation(events, log)
         evaluation.write(per_image, summary_file, report)
         summary = evaluation.summary()
         if as_json:
@@ -127,6 +145,7 @@ def check(
             "pairs": len(pairs),
             "readable": len(scan.samples),
             "channels": scan.in_channels,
+            "alpha": scan.alpha.to_dict() if scan.alpha else None,
             "dtypes": sorted({str(s.image.dtype) for s in scan.samples}),
             "min_size": [min(h for h, _ in sizes), min(w for _, w in sizes)] if sizes else None,
             "max_size": [max(h for h, _ in sizes), max(w for _, w in sizes)] if sizes else None,
@@ -139,6 +158,8 @@ def check(
             print(json.dumps(report))
         else:
             out_console.print(_check_summary(report), soft_wrap=True)
+            if scan.alpha:
+                out_console.print(scan.alpha.note(), soft_wrap=True)
             if scan.class_map:
                 out_console.print(class_table(scan.class_map, scan.class_pixels, scan.ignored_pixels))
             for problem in scan.problems:

@@ -16,9 +16,12 @@ def render_predictions(results, *, as_json: bool, quiet: bool, total: int) -> in
     the failures' own code (3 for bad files) when every input failed."""
     from rich.progress import Progress
 
+    from .progress import CountLog, plain_progress
+
     failed = ok = skipped = 0
     failure_codes = []
     progress = Progress(console=err_console, transient=True) if interactive(quiet) else None
+    log = CountLog("predict", total) if plain_progress(quiet) else None
     task = progress.add_task("predicting", total=total) if progress else None
     if progress:
         progress.start()
@@ -38,6 +41,8 @@ def render_predictions(results, *, as_json: bool, quiet: bool, total: int) -> in
                 print(result.to_json(), flush=True)
             if progress:
                 progress.advance(task)
+            if log:
+                log.advance(counted=result.status != "skipped")
     finally:
         if progress:
             progress.stop()
@@ -57,7 +62,8 @@ def predict(
     model: Annotated[Path, typer.Argument(help="Model folder (or a run folder: its model-best/ is used).")],
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders, globs, @list.txt, or - for paths on stdin.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (created if missing).")],
-    save: Annotated[str, typer.Option("--save", help="Comma list of mask, color, overlay, probs (16-bit PNGs: value / 65535 = probability).")] = "mask",
+    save: Annotated[str, typer.Option("--save", help="Files to add to the mask: comma list of color (or colour), overlay, probs (16-bit PNGs: "
+                                      "value / 65535 = probability); the mask is always written unless -mask is listed.")] = "mask",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Same-size images (or tiles) per forward pass, at most; 0: auto "
                                             "(about a quarter megapixel per pass on CPU, the fastest there; up to 8 images on GPUs).")] = 0,
     threshold: Annotated[float | None, typer.Option("--threshold", help="Foreground probability threshold (binary models).")] = None,
