@@ -20,7 +20,7 @@ import yaml
 from helpers import cli, ok, user_error
 
 from unetcli.modelmeta import FORMAT_VERSION, ModelMeta
-from unetcli.options import TrainOptions, load_config
+from unetcli.options import TrainOptions, load_config, train_option_fields
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "unetcli"
@@ -105,10 +105,11 @@ def test_config_is_not_for_resumed_runs(tmp_path):
 
 def test_train_help_shows_the_options_defaults():
     text = ok(cli("train", "--help")).stdout
-    for field in dataclasses.fields(TrainOptions):
-        if field.name != "resume":
-            flag = (field.metadata.get("flag") or f"--{field.name.replace('_', '-')}").split("/")[-1]
-            assert field.metadata.get("argument") or flag in text, flag
+    declared = train_option_fields()
+    assert {f.name for f in dataclasses.fields(TrainOptions)} - {f.name for f in declared} == {"resume", "set_by_user"}
+    for field in declared:
+        flag = (field.metadata.get("flag") or f"--{field.name.replace('_', '-')}").split("/")[-1]
+        assert field.metadata.get("argument") or flag in text, flag
 
 
 def test_python_train_refuses_bad_options_before_reading_data(tmp_path):

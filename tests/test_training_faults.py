@@ -18,7 +18,7 @@ from helpers import cli, describe, json_lines, ok, user_error
 
 from unetcli.checkpoint import TRAIN_STATE_FILE, load_model_folder, load_train_state, read_meta
 
-TINY = ("--encoder", "resnet18", "--crop", "64", "--samples-per-epoch", "16", "--batch-size", "4", "--seed", "0")
+TINY = ("--encoder", "resnet18", "--crop", "64", "--samples-per-epoch", "16", "--batch-size", "4", "--seed", "0", "--no-plan")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "COLUMNS": "200", "TERMINAL_WIDTH": "200"}
 
 

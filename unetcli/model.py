@@ -31,9 +31,18 @@ def loss_parts(kind: str) -> list[str]:
     return parts
 
 
-def build_model(encoder: str, in_channels: int, out_channels: int, encoder_weights: str | None = None) -> torch.nn.Module:
+def decoder_channels(width: int) -> tuple[int, ...]:
+    """The five decoder blocks' widths: `width` halved at each block (256 -> smp's default 256..16)."""
+    if width < 32 or width % 16:
+        raise UsageError(f"--decoder-width {width}: use a multiple of 16, at least 32 (e.g. 64, 128, 256)")
+    return tuple(width >> i for i in range(5))
+
+
+def build_model(encoder: str, in_channels: int, out_channels: int, encoder_weights: str | None = None, *,
+                decoder_width: int = 256) -> torch.nn.Module:
     """smp.Unet whose decoder upsamples by nearest-neighbour resize + convolution (no transposed convs)."""
     check_encoder(encoder)
+    decoder = decoder_channels(decoder_width)
     weights = None if encoder_weights in (None, "none", "None") else encoder_weights
     try:
         with warnings.catch_warnings():
@@ -43,6 +52,7 @@ def build_model(encoder: str, in_channels: int, out_channels: int, encoder_weigh
                 encoder_weights=weights,
                 in_channels=in_channels,
                 classes=out_channels,
+                decoder_channels=decoder,
                 decoder_interpolation="nearest",
             )
     except Exception as err:  # smp/timm/urllib raise many kinds when a download fails

@@ -6,7 +6,8 @@ Format versions:
      the class table, tile size 512 with overlap 0.25, fp32 weights).
   2  every entry is present; a folder made to be shared (export --format folder, weights/) holds file names
      instead of the trainer's absolute paths. Version 1 folders are upgraded when read, with the defaults
-     version 1 readers used, so they predict exactly as before.
+     version 1 readers used, so they predict exactly as before. `alpha_dropped` and `plan` came later within
+     version 2: a folder without them dropped no alpha channel and was not planned.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class ModelMeta:
     metrics: dict = field(default_factory=dict)  # at save time
     versions: dict = field(default_factory=dict)  # package versions at save time
     weights_dtype: str = "float32"  # float16 for folders exported with --half (loaded as float32)
+    alpha_dropped: float | None = None  # the training images' constant alpha, left out of the input (RGBA inputs
+    # lose their alpha, RGB ones fit as they are; see channels.py); None: no alpha channel was dropped
+    plan: dict | None = None  # what the planner chose and why (planner.Plan.to_dict); None: not planned
     input: str = INPUT_NOTE
 
     @property
@@ -75,7 +79,8 @@ class ModelMeta:
                 "in_channels": self.in_channels, "out_channels": self.out_channels, "threshold": self.threshold,
                 "input": self.input, "pipeline": self.pipeline, "tile": dataclasses.asdict(self.tile),
                 "training": self.training, "data": self.data, "epoch": self.epoch, "metrics": self.metrics,
-                "versions": self.versions, "weights_dtype": self.weights_dtype}
+                "versions": self.versions, "weights_dtype": self.weights_dtype, "alpha_dropped": self.alpha_dropped,
+                "plan": self.plan}
         return json.loads(json.dumps(data))  # plain JSON types only (tuples become lists)
 
     def save(self, folder: Path) -> None:
@@ -108,7 +113,8 @@ class ModelMeta:
         return cls(classes=classes, in_channels=data["in_channels"], pipeline=data["pipeline"],
                    tile=TileDefaults(int(tile["size"]), float(tile["overlap"])), threshold=float(data["threshold"]),
                    training=data["training"], data=data["data"], epoch=data["epoch"], metrics=data["metrics"],
-                   versions=data["versions"], weights_dtype=data["weights_dtype"], input=data["input"])
+                   versions=data["versions"], weights_dtype=data["weights_dtype"], input=data["input"],
+                   alpha_dropped=data.get("alpha_dropped"), plan=data.get("plan"))
 
 
 def _checked_version(data, file) -> dict:
@@ -162,6 +168,9 @@ def _check_entries(file, data: dict) -> ClassMap:
                       f"{len(data['classes']['classes'])} classes) needs {_expected_out_channels(data)}")
     _check_pipeline(data["pipeline"], channels, damaged)
     _check_tile(data, damaged)
+    alpha = data.get("alpha_dropped")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))):
+        raise damaged(f"alpha_dropped is {alpha!r}, not an alpha value (or null)")
     return classes
 
 

@@ -16,6 +16,8 @@ AUGMENT_PRESETS = ("none", "light", "default", "heavy", "elastic")
 PATH_FIELDS = ("out", "data", "images", "masks", "val", "class_map_file")
 # Options a resumed run may change; everything else must stay as the run was started.
 RESUMABLE_CHANGES = ("epochs", "patience", "min_delta", "time_limit", "device", "precision", "workers", "compile")
+CLASS_MAP_HELP = ("Class names and mask values: JSON/YAML {name: value} (a gray level or \\[r,g,b]), or CSV rows "
+                  "name,r,g,b | index,name\\[,r,g,b] | name,value.")
 NOT_IN_CONFIG = ("resume",)  # run.yaml records whether that run was resumed; a config file cannot ask for it
 
 
@@ -34,10 +36,12 @@ class TrainOptions:
     val_split: float = option(0.2, "Share of pairs held out for validation (seeded).")
     encoder: str = option("resnet34", "Any smp encoder, e.g. resnet18, resnet34, efficientnet-b0.")
     encoder_weights: str = option("none", "none (offline, random init) or e.g. imagenet (downloads).")
+    decoder_width: int = option(256, "Channels of the first decoder block, halved at each of the next four (128: a "
+                                     "smaller, faster decoder).")
     classes: int | None = option(None, "Number of classes, or auto (from the masks).")
     mask_mode: str = option("auto", "auto | binary | index | palette | rgb.")
     ignore_index: int | None = option(None, "Mask value to leave out of loss and metrics.")
-    class_map_file: Path | None = option(None, "JSON/YAML {name: value} map, value a gray level or \\[r,g,b].", "--class-map")
+    class_map_file: Path | None = option(None, CLASS_MAP_HELP, "--class-map")
     epochs: int = option(40, "Epochs to train.")
     batch_size: int = option(8, "Crops per optimisation step.")
     crop: int = option(256, "Training crop side (multiple of 32).")
@@ -60,7 +64,18 @@ class TrainOptions:
     workers: int | None = option(None, "DataLoader workers (default 0 on CPU, 4 on GPU).")
     compile: bool = option(False, "torch.compile the model (pays on long GPU runs; eager if it fails).")
     overwrite: bool = option(False, "Reuse a non-empty run folder.")
+    plan: bool = option(True, "Plan the options you leave out (encoder, decoder width, crop, batch, epochs, samples per "
+                              "epoch, augmentation) from the data, this device and --time-limit (else 15 min).",
+                        "--plan/--no-plan")
+    # names of the options given (flags, a config file, from_values' keys): the plan keeps them. Built directly
+    # without it, the options that differ from their defaults count as given (one equal to its default does not).
+    set_by_user: frozenset = field(default=frozenset(), compare=False)
     resume: bool = False  # continue `out` from its model-last/ (see `resume_options`); the CLI's --resume RUN
+
+    def __post_init__(self):
+        if not self.set_by_user:
+            given = {f.name for f in dataclasses.fields(self) if f.name != "set_by_user" and getattr(self, f.name) != f.default}
+            object.__setattr__(self, "set_by_user", frozenset(given))
 
     def validate(self) -> TrainOptions:
         """Refuse any value that cannot work, before data is read: ranges, names, files. Returns self."""
@@ -70,21 +85,23 @@ class TrainOptions:
 
     def to_config(self) -> dict:
         """The options as run.yaml holds them (and --config reads them): plain YAML types, paths as text."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()
+                if k != "set_by_user"}
 
     @classmethod
     def from_values(cls, values: dict, source: str = "options") -> TrainOptions:
         """Options from loosely typed values (a config file, command-line text): each converted to its field's
         type; unknown keys are refused with the valid ones listed."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
+        known = {f.name: f for f in dataclasses.fields(cls) if f.name != "set_by_user"}
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise UsageError(f"{source}: unknown option(s) {', '.join(unknown)}; valid keys: {', '.join(known)}")
-        return cls(**{k: convert(k, v, source) for k, v in values.items()})
+        return cls(**{k: convert(k, v, source) for k, v in values.items()}, set_by_user=frozenset(values))
 
 
 def train_option_fields() -> list[dataclasses.Field]:
-    """The fields the command line declares (all but `resume`, which the CLI takes as --resume RUN)."""
+    """The fields the command line declares (all but `resume`, which the CLI takes as --resume RUN, and
+    `set_by_user`)."""
     return [f for f in dataclasses.fields(TrainOptions) if "help" in f.metadata]
 
 
@@ -175,13 +192,14 @@ def _check_names(o: TrainOptions) -> None:
         raise UsageError(f"--augment {o.augment!r}: not a preset ({', '.join(AUGMENT_PRESETS)}) nor an existing file")
     if o.class_map_file is not None and not Path(o.class_map_file).is_file():
         raise UsageError(f"{o.class_map_file}: cannot read the class map (no such file)")
-    from .model import check_encoder, loss_parts  # torch and smp: after the cheap checks
+    from .model import check_encoder, decoder_channels, loss_parts  # torch and smp: after the cheap checks
     from .runtime import check_precision, pick_device
 
     check_precision(o.precision)
     pick_device(o.device)
     loss_parts(o.loss)
     check_encoder(o.encoder)
+    decoder_channels(o.decoder_width)
 
 
 def load_config(path: Path) -> dict:

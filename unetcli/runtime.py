@@ -162,6 +162,14 @@ class Distributed:
         torch.distributed.broadcast(value, src=0)
         return bool(value.item())
 
+    def share(self, value):
+        """Rank 0's `value` (an object of our own making, pickled between our own processes), on every rank."""
+        if self.world == 1:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .data import DatasetScan, Pair, find_pairs, require_clean, resolve_layout, scan_dataset, split_pairs
-from .errors import UsageError
+from .errors import UnetcliWarning, UsageError
 from .masks import IGNORE_ID, ClassMap
 from .modelmeta import ModelMeta, TileDefaults, default_tile_size
 from .options import TrainOptions, parse_class_weights
@@ -22,6 +24,7 @@ from .runfolder import check_run_folder, row_metrics
 if TYPE_CHECKING:
     import torch
 
+    from .planner import Plan
     from .predictor import Predictor
     from .runtime import Distributed, Precision, StopRequest
 
@@ -47,7 +50,9 @@ def _load_data(options: TrainOptions) -> TrainingData:
     scan = scan_dataset(train_pairs, mask_mode=options.mask_mode, ignore_value=options.ignore_index,
                         class_map_file=options.class_map_file, num_classes=options.classes)
     require_clean(scan, "training")
-    val_scan = scan_dataset(val_pairs, class_map=scan.class_map) if val_pairs else None
+    if scan.alpha is not None:  # RGBA training images: say whether their alpha is dropped or kept
+        warnings.warn(UnetcliWarning(scan.alpha.note()), stacklevel=2)
+    val_scan = scan_dataset(val_pairs, class_map=scan.class_map, in_channels=scan.in_channels) if val_pairs else None
     if val_scan is not None:
         require_clean(val_scan, "validation")
         if val_scan.in_channels != scan.in_channels:
@@ -62,7 +67,8 @@ def _fingerprint(pairs: list[Pair], sizes: list[tuple[int, int]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _model_meta(options: TrainOptions, data: TrainingData, *, pipeline_config, eval_pipeline, train_pipeline) -> ModelMeta:
+def _model_meta(options: TrainOptions, data: TrainingData, *, pipeline_config, eval_pipeline, train_pipeline,
+                plan: Plan | None = None) -> ModelMeta:
     """The description every model folder of this run carries (epoch and metrics are set at each save)."""
     from .transforms import to_dict
 
@@ -70,7 +76,7 @@ def _model_meta(options: TrainOptions, data: TrainingData, *, pipeline_config, e
     return ModelMeta(
         classes=scan.class_map, in_channels=scan.in_channels, tile=TileDefaults(default_tile_size(options.crop)),
         pipeline={"config": asdict(pipeline_config), "eval": to_dict(eval_pipeline), "train": to_dict(train_pipeline)},
-        training=options.to_config(),
+        training=options.to_config(), alpha_dropped=scan.alpha_dropped, plan=plan.to_dict() if plan else None,
         data={"train_pairs": len(data.train_pairs), "val_pairs": len(data.val_pairs),
               "class_pixels": scan.class_pixels, "fingerprint": _fingerprint(data.train_pairs, scan.sizes)},
     )
@@ -104,9 +110,14 @@ class Progress:
 class Clock:
     """Wall-clock bookkeeping for --time-limit."""
 
-    start: float
+    start: float  # when the command started: reading the data and planning count against the limit
     epochs_before: int  # epochs a resumed run had done before this process started
+    epochs_start: float = 0.0  # when this process's first epoch started
     tail: float = 0.0  # seconds the last validation + save took
+
+    def epoch_seconds(self, epoch: int) -> float:
+        """The mean duration of the epochs this process ran, up to and including `epoch`."""
+        return (time.monotonic() - self.epochs_start) / max(epoch - self.epochs_before, 1)
 
 
 @dataclass(kw_only=True)
@@ -131,6 +142,7 @@ class TrainingSession:
     generator: torch.Generator  # the loader's shuffling, reseeded per epoch
     meta: ModelMeta  # unetcli.json of the model folders, less epoch and metrics
     progress: Progress
+    plan: Plan | None = None  # what the planner chose (None with --no-plan and on --resume)
     clock: Clock | None = None  # set when the epochs start
     stop: StopRequest | None = None  # listening for SIGINT/SIGTERM while the epochs run
 
@@ -147,6 +159,7 @@ def set_up(options: TrainOptions) -> TrainingSession:
     """Device, data and run-folder checks, then the seeded model, optimiser and crop loader (resumed if asked)."""
     import torch
 
+    from . import planner
     from .crops import CropDataset
     from .runtime import Distributed, pick_device, pick_precision
     from .transforms import PipelineConfig, build_eval, build_train
@@ -155,6 +168,9 @@ def set_up(options: TrainOptions) -> TrainingSession:
     dist = Distributed(pick_device(options.device))
     precision = pick_precision(options.precision, dist.device)
     data = _load_data(options)
+    plan = _plan(options, data, dist=dist, precision=precision) if planner.wanted(options) else None
+    if plan is not None:
+        options = plan.apply(options).validate()
     check_run_folder(options)
     dist.barrier()  # every rank has checked the folder before rank 0 creates it
 
@@ -178,10 +194,34 @@ def set_up(options: TrainOptions) -> TrainingSession:
     return TrainingSession(
         options=options, dist=dist, precision=precision, data=data, predictor=predictor, model=predictor.model, eager=eager,
         trained=trained, loss_fn=loss_fn, optimizer=optimizer, scaler=scaler, train_pipeline=train_pipeline, loader=loader,
-        sampler=sampler, generator=generator, progress=progress,
+        sampler=sampler, generator=generator, progress=progress, plan=plan,
         meta=_model_meta(options, data, pipeline_config=pipeline_config, eval_pipeline=eval_pipeline,
-                         train_pipeline=train_pipeline),
+                         train_pipeline=train_pipeline, plan=plan),
     )
+
+
+def plan_run(options: TrainOptions) -> Plan:
+    """`unetcli plan`: read the data and plan the run as `set_up` would, without training."""
+    from .runtime import Distributed, pick_device, pick_precision
+
+    options.validate()
+    dist = Distributed(pick_device(options.device))
+    data = _load_data(options)
+    try:
+        return _plan(options, data, dist=dist, precision=pick_precision(options.precision, dist.device))
+    finally:
+        dist.close()
+
+
+def _plan(options: TrainOptions, data: TrainingData, *, dist: Distributed, precision: Precision) -> Plan:
+    """Plan the options the user left out (see planner.py); every rank plans, rank 0's plan is used by all."""
+    from .model import output_channels
+    from .planner import fingerprint, make_plan
+
+    class_map = data.scan.class_map
+    plan = make_plan(fingerprint(data.scan, data.val_scan), options, device=dist.device, precision=precision,
+                     out_channels=output_channels(class_map.num_classes, class_map.is_binary))
+    return dist.share(plan)
 
 
 def _model_and_optimiser(options: TrainOptions, data: TrainingData, eval_pipeline, *, dist: Distributed,
@@ -195,7 +235,7 @@ def _model_and_optimiser(options: TrainOptions, data: TrainingData, eval_pipelin
 
     class_map, scan, device = data.scan.class_map, data.scan, dist.device
     model = build_model(options.encoder, scan.in_channels, output_channels(class_map.num_classes, class_map.is_binary),
-                        options.encoder_weights)
+                        options.encoder_weights, decoder_width=options.decoder_width)
     predictor = Predictor(model, class_map, eval_pipeline, in_channels=scan.in_channels, device=device, precision=precision)
     loss_fn = SegmentationLoss(class_map.is_binary, IGNORE_ID, options.loss,
                                parse_class_weights(options.class_weights, scan.class_pixels)).to(device)

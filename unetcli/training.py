@@ -11,14 +11,14 @@ import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import CompileFailedWarning, UnetcliError, first_line
+from .errors import CompileFailedWarning, SaveFailedError, UnetcliError, UnetcliWarning, first_line
 from .images import encode_png
 from .masks import ClassMap
 from .metrics import confusion_matrix, counts_from_confusion, nanmean, scores_from_counts
@@ -33,6 +33,23 @@ class TrainingInterrupted(UnetcliError):
 
 
 @dataclass(frozen=True)
+class Phase:
+    """Work other than training steps, announced as it starts: 'reading data' (before the data is read and
+    scanned), 'validating' and 'saving' (after each epoch's steps)."""
+
+    name: str
+    epoch: int = 0
+    detail: str = ""  # the data folder, the number of validation images, the folders being saved
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The options the planner chose (planner.Plan), before the run starts."""
+
+    plan: Any
+
+
+@dataclass(frozen=True)
 class DataReady:
     train_pairs: int
     val_pairs: int
@@ -43,6 +60,9 @@ class DataReady:
     precision: str
     steps_per_epoch: int
     ignored_pixels: int = 0
+    epochs: int = 0  # the run's last epoch (--epochs)
+    time_limit: float | None = None  # seconds
+    images_per_step: int = 0  # crops per step over all ranks
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,7 @@ class BatchDone:
     step: int
     steps: int
     loss: float
+    seconds: float = 0.0  # since the epoch's first step began
 
 
 @dataclass(frozen=True)
@@ -107,18 +128,25 @@ def validate(predictor, samples, loss_fn, *, num_classes: int) -> tuple[float, n
 
 
 def train(options: TrainOptions) -> Iterator:
-    """Run training; yields DataReady, BatchDone, EpochDone and finally TrainingDone."""
+    """Run training; yields Phase('reading data'), Planned (unless --no-plan or resumed), DataReady, then per epoch BatchDone, Phase('validating'),
+    Phase('saving') and EpochDone, and finally TrainingDone."""
     from .runtime import StopRequest
 
+    started = time.monotonic()  # --time-limit counts from here: reading the data and planning are part of the run
+    yield Phase("reading data", detail=str(options.data if options.data is not None else options.images))
     session = set_up(options)
+    if session.plan is not None:
+        yield Planned(session.plan)
     scan = session.data.scan
     yield DataReady(len(session.data.train_pairs), len(session.data.val_pairs), scan.class_map, scan.class_pixels,
                     scan.in_channels, str(session.dist.device), session.precision.name, len(session.loader),
-                    scan.ignored_pixels)
+                    scan.ignored_pixels, epochs=session.options.epochs, time_limit=session.options.time_limit,
+                    images_per_step=session.options.batch_size * session.dist.world)
     if session.dist.main:
         session.run_dir.mkdir(parents=True, exist_ok=True)
-        write_run_yaml(session.run_dir, options)
-    session.clock = Clock(time.monotonic(), session.progress.epoch)
+        write_run_yaml(session.run_dir, session.options)
+        _check_saving(session)
+    session.clock = Clock(started, session.progress.epoch, epochs_start=time.monotonic())
     session.stop = StopRequest()
     try:
         reason = yield from _epochs(session)
@@ -136,7 +164,7 @@ def _epochs(session: TrainingSession) -> Generator[Any, None, str]:
         epoch_start = time.monotonic()
         running, lr = yield from _train_epoch(session, epoch)
         tail_start = time.monotonic()
-        done = _end_epoch(session, epoch, running, lr=lr, epoch_start=epoch_start)
+        done = yield from _end_epoch(session, epoch, running, lr=lr, epoch_start=epoch_start)
         session.clock.tail = time.monotonic() - tail_start
         yield done
         reason = _stop_reason(session, epoch)
@@ -156,13 +184,13 @@ def _train_epoch(session: TrainingSession, epoch: int) -> Generator[BatchDone, N
     session.train_pipeline.set_random_seed(options.seed * 100003 + epoch + 7919 * dist.rank)
     if session.sampler is not None:
         session.sampler.set_epoch(epoch)
-    steps = len(session.loader)
+    steps, start = len(session.loader), time.monotonic()
     for step, batch in enumerate(session.loader, 1):
         _stop_if_requested(session, epoch)
         lr = _set_learning_rate(session, steps * options.epochs)
         running.append(_step(session, batch, first=not running))
         session.progress.step += 1
-        yield BatchDone(epoch, step, steps, running[-1])
+        yield BatchDone(epoch, step, steps, running[-1], time.monotonic() - start)
         if options.time_limit and dist.from_main(time.monotonic() - clock.start + clock.tail > options.time_limit):
             break
     return running, lr
@@ -227,12 +255,15 @@ def _train_step(session: TrainingSession, model, batch) -> float:
     return float(loss.detach())
 
 
-def _end_epoch(session: TrainingSession, epoch: int, running: list[float], *, lr: float, epoch_start: float) -> EpochDone:
+def _end_epoch(session: TrainingSession, epoch: int, running: list[float], *, lr: float,
+               epoch_start: float) -> Generator[Phase, None, EpochDone]:
     """Validate (rank 0), record the epoch, write model-best/ (when it improved), model-last/ and the history."""
     dist, class_map = session.dist, session.class_map
     train_loss = dist.mean(float(np.mean(running)))
     val_loss, dice, iou, score, examples = None, [], [], -train_loss, []
     if session.data.val_scan is not None and dist.main:
+        count = len(session.data.val_scan.samples)
+        yield Phase("validating", epoch, f"{count} image{'' if count == 1 else 's'}")
         val_loss, matrix, examples = validate(session.predictor, session.data.val_scan.samples, session.loss_fn,
                                               num_classes=class_map.num_classes)
         scores = scores_from_counts(counts_from_confusion(matrix))
@@ -242,6 +273,7 @@ def _end_epoch(session: TrainingSession, epoch: int, running: list[float], *, lr
     row = epoch_row(epoch, train_loss, val_loss, lr=lr, seconds=seconds, names=class_map.names, dice=dice, iou=iou)
     is_best = session.progress.end_epoch(row, score, session.options.min_delta)
     if dist.main:
+        yield Phase("saving", epoch, "model-best/, model-last/" if is_best else "model-last/")
         if is_best:
             _save_best(session, row_metrics(row), examples)
         _save_last(session, row_metrics(row))
@@ -256,26 +288,77 @@ def _save_best(session: TrainingSession, metrics: dict, examples: list) -> None:
     colours = session.class_map.colourise(np.arange(session.class_map.num_classes, dtype=np.uint8))
     grid = {"val_examples.png": encode_png(example_grid(examples, colours))} if examples else {}
     meta = dataclasses.replace(session.meta, epoch=session.progress.epoch, metrics=metrics)
-    save_model_folder(session.run_dir / "model-best", session.model, meta, extra_files=grid)
+    _saved(session, "model-best/",
+           lambda: save_model_folder(session.run_dir / "model-best", session.model, meta, extra_files=grid))
 
 
 def _save_last(session: TrainingSession, metrics: dict) -> None:
     """model-last/ with the training state that --resume continues from exactly (rank 0 only)."""
-    import torch
-
     from .checkpoint import save_model_folder
 
     if session.dist.main:
-        progress = session.progress
-        state = {**asdict(progress), "optimizer": session.optimizer.state_dict(), "scaler": session.scaler.state_dict(),
-                 "torch_rng": torch.get_rng_state()}
-        meta = dataclasses.replace(session.meta, epoch=progress.epoch, metrics=metrics)
-        save_model_folder(session.run_dir / "model-last", session.model, meta, train_state=state)
+        meta = dataclasses.replace(session.meta, epoch=session.progress.epoch, metrics=metrics)
+        state = _train_state(session)
+        _saved(session, "model-last/", lambda: save_model_folder(session.run_dir / "model-last", session.model, meta, train_state=state))
+
+
+def _train_state(session: TrainingSession) -> dict:
+    import torch
+
+    return {**asdict(session.progress), "optimizer": session.optimizer.state_dict(), "scaler": session.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state()}
+
+
+def _check_saving(session: TrainingSession) -> None:
+    """Before the first step, a trial save: the first folder an epoch saves (model-best/), with the training state
+    model-last/ adds, written to its temporary name and deleted. A save that cannot work (a package smp's save
+    needs, a full or read-only disk) fails in a second, not after the first epoch; the trial costs one save
+    (0.03-0.13 s for a resnet34 U-Net on a local disk)."""
+    from .checkpoint import save_model_folder
+
+    state = _train_state(session)
+    _saved(session, "model-best/ (a trial save before training)",
+           lambda: save_model_folder(session.run_dir / "model-best", session.model, session.meta, train_state=state, trial=True))
+
+
+SAVE_RETRY_PAUSE = 2.0  # seconds before the second try of a failed save (a busy disk or network share)
+
+
+def _saved(session: TrainingSession, what: str, save: Callable[[], None]) -> None:
+    """Run `save`, once more if it fails (with a warning), and end the run with SaveFailedError if that fails
+    too. A failed try leaves the previous folder as it was (checkpoint.replace_folder)."""
+    try:
+        save()
+        return
+    except Exception as err:  # noqa: BLE001 - OutputError (disk full, permissions) or whatever smp's save raises (ImportError, ...)
+        first = err
+    time.sleep(SAVE_RETRY_PAUSE)
+    try:
+        save()
+    except Exception as err:
+        raise SaveFailedError(f"saving {what} failed twice ({_cause(err)}); {_what_is_kept(session)}") from err
+    warnings.warn(UnetcliWarning(f"saving {what} failed ({_cause(first)}); it worked at the second try"), stacklevel=2)
+
+
+def _cause(err: Exception) -> str:
+    return str(err) if isinstance(err, UnetcliError) else first_line(err, 200)
+
+
+def _what_is_kept(session: TrainingSession) -> str:
+    """Where a run whose save failed can go on from."""
+    from .checkpoint import TRAIN_STATE_FILE, read_meta
+
+    run, last = session.run_dir, session.run_dir / "model-last"
+    if (last / TRAIN_STATE_FILE).is_file():
+        return (f"{last} still holds epoch {read_meta(last).epoch}, unchanged; once the cause is fixed, "
+                f"resume with: unetcli train --resume {run}")
+    trained = "nothing was trained yet" if session.progress.epoch == 0 else "no epoch is saved to resume from"
+    return f"{trained}; once the cause is fixed, train again (add --overwrite to reuse {run})"
 
 
 def _stop_reason(session: TrainingSession, epoch: int) -> str | None:
     """After an epoch (all ranks agree): stop on a stop request (model-last/ is saved), by patience, or when
-    another epoch would overrun --time-limit; None to go on."""
+    less than half of another epoch fits in --time-limit; None to go on."""
     options, dist, clock = session.options, session.dist, session.clock
     if dist.any(session.stop.requested is not None):
         raise TrainingInterrupted(f"interrupted ({session.stop.requested or 'by another rank'}) after epoch {epoch}; "
@@ -283,6 +366,8 @@ def _stop_reason(session: TrainingSession, epoch: int) -> str | None:
     elapsed = time.monotonic() - clock.start
     if dist.from_main(options.patience is not None and session.progress.stale >= options.patience):
         return "early stop"
-    if dist.from_main(bool(options.time_limit) and elapsed + elapsed / (epoch - clock.epochs_before) > (options.time_limit or 0)):
+    # another epoch starts when at least half of it fits: the step loop cuts it at the limit, leaving time to
+    # validate and save, so the end of the budget is used instead of left idle
+    if dist.from_main(bool(options.time_limit) and elapsed + clock.epoch_seconds(epoch) / 2 > (options.time_limit or 0)):
         return "time limit"
     return None

@@ -21,11 +21,12 @@ from rich.table import Table
 
 from .. import __version__
 from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, CompileFailedWarning, UnetcliError, UnetcliWarning
+from ..options import CLASS_MAP_HELP
 
 app = typer.Typer(
     name="unetcli",
     help="Semantic image segmentation with a U-Net: train, predict, evaluate. Offline by default.",
-    epilog="Example: unetcli demo    (make data, train, predict and evaluate in about two minutes)",
+    epilog="Example: unetcli demo    (make data, train, predict and evaluate in about a minute)",
     no_args_is_help=True,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -119,6 +120,16 @@ def run_guarded(action: Callable[[], int | None]) -> None:
             raise typer.Exit(code)
 
 
+def duration(seconds: float) -> str:
+    """12s, 4m05s, 2h10m."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 def fmt(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
@@ -140,7 +151,7 @@ ImagesOpt = Annotated[Path | None, typer.Option("--images", help="Images folder 
 MasksOpt = Annotated[Path | None, typer.Option("--masks", help="Masks folder (instead of DATA/masks).")]
 MaskModeOpt = Annotated[str, typer.Option("--mask-mode", help="auto | binary | index | palette | rgb.")]
 IgnoreOpt = Annotated[int | None, typer.Option("--ignore-index", help="Mask value to leave out of loss and metrics.")]
-ClassMapOpt = Annotated[Path | None, typer.Option("--class-map", help='JSON/YAML {name: value} map, value a gray level or \\[r,g,b].')]
+ClassMapOpt = Annotated[Path | None, typer.Option("--class-map", help=CLASS_MAP_HELP)]
 ClassesOpt = Annotated[str, typer.Option("--classes", help="Number of classes, or auto (from the masks).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 on CPUs/GPUs that have it) | fp32 | bf16 | fp16.")]
@@ -166,6 +177,17 @@ def class_table(class_map, class_pixels=None, ignored_pixels: int = 0) -> Table:
         table.add_row(str(i), c.name, format_value(c.value), *share(class_pixels[i] if class_pixels else 0))
     if class_map.ignore_value is not None:
         table.add_row("-", "(ignored)", str(class_map.ignore_value), *share(ignored_pixels))
+    return table
+
+
+def plan_table(plan) -> Table:
+    """The planner's choices, each with its reason."""
+    table = Table(title=f"plan: {duration(plan.budget)} budget on {plan.device} ({plan.precision}); "
+                        f"expected {duration(plan.expected_seconds)}")
+    for column in ("option", "value", "why"):
+        table.add_column(column)
+    for name, value in plan.choices.items():
+        table.add_row(f"--{name.replace('_', '-')}", str(value), plan.reasons[name])
     return table
 
 

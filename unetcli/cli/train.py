@@ -16,7 +16,7 @@ import typer
 
 from ..errors import UsageError
 from ..options import TrainOptions, convert, field_type, train_option_fields
-from .app import JsonOpt, QuietOpt, allow_downloads, app, class_table, err_console, fmt, interactive, main_rank, run_guarded
+from .app import JsonOpt, QuietOpt, allow_downloads, app, class_table, err_console, fmt, interactive, main_rank, plan_table, run_guarded
 
 CLI_TYPES = {"classes": str, "time_limit": str}  # typed as text on the command line ("auto", "30m")
 EXTRA_PARAMETERS = {
@@ -41,7 +41,8 @@ def _parameter(f: dataclasses.Field) -> inspect.Parameter:
     if f.metadata.get("argument"):
         declaration = typer.Argument(help=help_text, show_default=False)
     else:
-        flags = (f.metadata.get("flag") or f"--{f.name.replace('_', '-')}").split("/")
+        flag = f.metadata.get("flag") or f"--{f.name.replace('_', '-')}"
+        flags = [flag] if "/--no-" in flag else flag.split("/")  # --x/--no-x is one declaration of a switch
         declaration = typer.Option(*flags, help=help_text, show_default=_shown_default(f))
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, declaration])
 
@@ -70,7 +71,8 @@ def options_from_command_line(values: dict) -> TrainOptions:
         allow_downloads(given.get("encoder_weights"))
         return resume_options(resume, given)
     values = load_config(config) if config is not None else {}
-    options = dataclasses.replace(TrainOptions.from_values(values, str(config)), **given)
+    options = TrainOptions.from_values(values, str(config))
+    options = dataclasses.replace(options, **given, set_by_user=options.set_by_user | set(given))
     allow_downloads(options.encoder_weights)  # before validate() imports smp
     return options.validate()
 
@@ -117,6 +119,13 @@ def _data_ready(event, quiet: bool, as_json: bool):
     return progress
 
 
+def _planned(plan, quiet: bool, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"event": "plan", **plan.to_dict()}), flush=True)
+    elif not quiet:
+        err_console.print(plan_table(plan))
+
+
 def _epoch_done(event, progress, quiet: bool, as_json: bool) -> None:
     if as_json:
         print(json.dumps({"event": "epoch", "epoch": event.epoch, "train_loss": event.train_loss,
@@ -126,21 +135,27 @@ def _epoch_done(event, progress, quiet: bool, as_json: bool) -> None:
         dice = " ".join(fmt(d) for d in event.dice) or "-"
         line = (f"epoch {event.epoch}/{event.epochs}  loss {event.train_loss:.4f}  val loss "
                 f"{fmt(event.val_loss)}  dice {dice}  {event.seconds:.1f}s" + ("  [best]" if event.is_best else ""))
-        (progress.console if progress else err_console).print(line)
+        (progress.console if progress else err_console).print(line, markup=False)  # "[best]" is text, not a style
     if progress is not None:
         progress.reset(progress.task_ids[0], completed=0, epoch=event.epoch + 1)
 
 
 def render_training(events, *, quiet: bool = False, as_json: bool = False):
-    """Draw training events (Rich progress on a terminal, plain lines otherwise); return TrainingDone."""
-    from ..training import BatchDone, DataReady, EpochDone, TrainingDone
+    """Draw training events (Rich progress on a terminal, plain lines in a log); return TrainingDone."""
+    from ..training import BatchDone, DataReady, EpochDone, Planned, TrainingDone
+    from .progress import TrainingLog, plain_progress
 
     progress = done = None
     if not main_rank():
         quiet, as_json = True, False
+    log = TrainingLog() if plain_progress(quiet) else None
     try:
         for event in events:
-            if isinstance(event, DataReady):
+            if log is not None:
+                log.show(event)
+            if isinstance(event, Planned):
+                _planned(event.plan, quiet, as_json)
+            elif isinstance(event, DataReady):
                 progress = _data_ready(event, quiet, as_json)
             elif isinstance(event, BatchDone) and progress is not None:
                 progress.update(progress.task_ids[0], completed=event.step, epoch=event.epoch, loss=f"{event.loss:.4f}")

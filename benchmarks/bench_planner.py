@@ -1,0 +1,141 @@
+"""Time to quality on the membrane split: the planner against today's fixed defaults at the same budgets.
+
+For each budget and seed, `unetcli train` on slices 0-24 with `--time-limit` (planned, and with `--no-plan`, the
+fixed defaults of before the planner), then `unetcli evaluate` of model-last on slices 25-29. The two
+configurations of one budget and seed run back to back, so load on the machine hits both alike. Prints one
+line per run and writes a JSON of every figure plus a picture of pixel error against budget.
+
+    python benchmarks/bench_planner.py --minutes 2 5 10 --seeds 0 --isa avx2
+    (--isa avx2: fp32 with oneDNN limited to AVX2, standing in for a laptop CPU without bf16)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_end_to_end import check, evaluate, load_snapshot, log, machine_facts, run_cli, split_membrane  # noqa: E402
+from membrane import MEMBRANE  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = {"planner": [], "defaults": ["--no-plan"]}
+
+
+def cpu_facts() -> dict:
+    """The CPU model and the widest matrix ISA it has (AMX, AVX-512, AVX2), from /proc/cpuinfo."""
+    model, flags = platform.processor() or "?", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = "AMX" if "amx_bf16" in flags else "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "other"
+    return {"cpu_model": model, "isa": isa, "avx512_bf16": "avx512_bf16" in flags}
+
+
+def train_and_score(train_dir: Path, test_dir: Path, run_dir: Path, *, minutes: float, seed: int, config: str,
+                    env: dict) -> dict:
+    args = ["train", train_dir, "--val-split", "0", "-o", run_dir, "--time-limit", f"{minutes:g}m", "--seed", seed,
+            "--json", *CONFIGS[config]]
+    result, wall = run_cli(args, env=env)
+    check(result, "unetcli train")
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    plan = next((e for e in events if e.get("event") == "plan"), None)
+    epochs = [e for e in events if e.get("event") == "epoch"]
+    summary, _ = evaluate(run_dir / "model-last", test_dir)
+    run_yaml = (run_dir / "run.yaml").read_text()
+    return {"config": config, "minutes": minutes, "seed": seed, "train_wall_s": round(wall, 1),
+            "epochs_done": len(epochs), "pixel_error": summary["pixel_error"], "mean_dice": summary["mean_dice"],
+            "plan": plan and {"choices": plan["choices"], "throughput": plan["throughput"],
+                              "expected_seconds": plan["expected_seconds"]},
+            "options": {k: v for k, v in (line.split(": ", 1) for line in run_yaml.splitlines() if ": " in line)
+                        if k in ("encoder", "decoder_width", "crop", "batch_size", "epochs", "samples_per_epoch", "augment")}}
+
+
+def draw(runs: list[dict], title: str) -> np.ndarray:
+    """Pixel error against budget, one line per configuration (mean over seeds), on a white canvas."""
+    width, height, left, bottom, top = 640, 400, 70, 50, 40
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    budgets = sorted({r["minutes"] for r in runs})
+    errors = [r["pixel_error"] for r in runs]
+    low, high = min(errors) * 0.95, max(errors) * 1.05
+
+    def point(minutes: float, error: float) -> tuple[int, int]:
+        x = left + (budgets.index(minutes) + 0.5) * (width - left - 20) / len(budgets)
+        y = top + (high - error) / (high - low or 1) * (height - top - bottom)
+        return int(x), int(y)
+
+    cv2.putText(canvas, title, (left, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    for fraction in (0, 0.5, 1):
+        value = low + fraction * (high - low)
+        y = point(budgets[0], value)[1]
+        cv2.line(canvas, (left, y), (width - 20, y), (225, 225, 225), 1)
+        cv2.putText(canvas, f"{value:.4f}", (5, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    for minutes in budgets:
+        x = point(minutes, low)[0]
+        cv2.putText(canvas, f"{minutes:g} min", (x - 20, height - 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    colours = {"planner": (200, 40, 200), "defaults": (90, 90, 90)}
+    for row, (config, colour) in enumerate(colours.items()):
+        means = [(m, float(np.mean([r["pixel_error"] for r in runs if r["config"] == config and r["minutes"] == m])))
+                 for m in budgets if any(r["config"] == config and r["minutes"] == m for r in runs)]
+        points = [point(m, e) for m, e in means]
+        for a, b in zip(points, points[1:]):
+            cv2.line(canvas, a, b, colour, 2, cv2.LINE_AA)
+        for p in points:
+            cv2.circle(canvas, p, 4, colour, -1, cv2.LINE_AA)
+        cv2.putText(canvas, config, (width - 130, top + 20 + 18 * row), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+    cv2.putText(canvas, "held-out pixel error (lower is better)", (left, height - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                (0, 0, 0), 1, cv2.LINE_AA)
+    return canvas
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--membrane", type=Path, default=MEMBRANE)
+    parser.add_argument("--minutes", type=float, nargs="+", default=[2, 5, 10])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--isa", choices=("native", "avx2"), default="native")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/unetcli-bench-planner"))
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "planner.json")
+    args = parser.parse_args()
+    env = dict(os.environ)
+    if args.isa == "avx2":
+        env.update(UNETCLI_PRECISION="fp32", ONEDNN_MAX_CPU_ISA="AVX2")
+    train_dir, test_dir = split_membrane(args.membrane, args.workdir / "data")
+    runs = []
+    start = load_snapshot()
+    for minutes in args.minutes:
+        for seed in args.seeds:
+            for config in CONFIGS:
+                run_dir = args.workdir / f"{config}-{minutes:g}m-seed{seed}"
+                row = train_and_score(train_dir, test_dir, run_dir, minutes=minutes, seed=seed, config=config, env=env)
+                runs.append(row)
+                log(f"{minutes:g} min seed {seed} {config:8s}: pixel error {row['pixel_error']:.4f}, mean Dice "
+                    f"{row['mean_dice']:.4f}, {row['epochs_done']} epochs in {row['train_wall_s']:.0f} s, {row['options']}")
+    cpu = cpu_facts()
+    precision = "fp32 (oneDNN limited to AVX2)" if args.isa == "avx2" else machine_facts()["precision_auto"]
+    result = {"command": "python benchmarks/bench_planner.py " + " ".join(sys.argv[1:]), "cpu": cpu,
+              "precision": precision, "machine": machine_facts(), "load_start": start, "load_end": load_snapshot(),
+              "when": time.strftime("%Y-%m-%d"), "train_slices": "0-24", "test_slices": "25-29", "runs": runs}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    title = f"membrane 25-29, {cpu['cpu_model']} ({cpu['isa']}), {precision}"
+    cv2.imwrite(str(args.out.with_suffix(".png")), draw(runs, title)[:, :, ::-1])
+    log(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""The planner (issue 12): the data's fingerprint, the choice rules on a fixed clock, and `unetcli plan` / a planned
+`unetcli train` on real files."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from helpers import cli, ok, user_error, write_binary_dataset
+
+from unetcli.errors import UsageError
+from unetcli.options import TrainOptions
+from unetcli.planner import CANDIDATES, ENOUGH_CROPS, Fingerprint, make_plan, plan_crop, typical_object_diameter
+from unetcli.runtime import pick_precision
+
+
+def discs(diameter: int, count: int = 6, size: int = 256) -> np.ndarray:
+    mask = np.zeros((size, size), np.uint8)
+    for i in range(count):
+        centre = (40 + (i % 3) * 80, 50 + (i // 3) * 100)
+        cv2.circle(mask, centre, diameter // 2, 1, -1)
+    return mask
+
+
+def test_typical_object_diameter_is_the_size_of_the_objects_not_of_the_specks():
+    mask = discs(40)
+    for x in range(0, 250, 10):  # 25 specks of 2x2 pixels and a sliver at the border
+        mask[250:252, x:x + 2] = 1
+    mask[:, :3] = 1
+    assert typical_object_diameter([mask]) == pytest.approx(40, rel=0.1)
+    assert typical_object_diameter([np.zeros((32, 32), np.uint8)]) is None
+
+
+def fingerprint(diameter, smallest=512, pairs=20, val_pixels=4 * 512 * 512) -> Fingerprint:
+    return Fingerprint(pairs=pairs, channels=1, median_size=(smallest, smallest), smallest_side=smallest,
+                       class_shares=(0.7, 0.3), object_diameter=diameter, val_pixels=val_pixels)
+
+
+@pytest.mark.parametrize(("diameter", "smallest", "crop"), [(83, 512, 256), (10, 512, 128), (300, 2000, 512),
+                                                             (60, 150, 160), (None, 512, 256), (None, 100, 128)])
+def test_crop_holds_about_three_objects_and_fits_the_images(diameter, smallest, crop):
+    assert plan_crop(fingerprint(diameter, smallest))[0] == crop
+
+
+def fixed_clock(rates: dict[str, float]):
+    """A timer that reports the given crops/s per encoder+decoder instead of timing anything."""
+    def timer(candidate, **_):
+        return rates[candidate.name]
+    return timer
+
+
+def plan_for(options: TrainOptions, rates: dict[str, float], fp: Fingerprint | None = None):
+    import torch
+
+    device = torch.device("cpu")
+    return make_plan(fp or fingerprint(83), options, device=device, precision=pick_precision("fp32", device),
+                     out_channels=1, timer=fixed_clock(rates))
+
+
+SLOW = {"resnet34, decoder 256": 1.1, "resnet18, decoder 256": 1.6, "resnet18, decoder 128": 2.8}  # AVX2 laptop
+FAST = {"resnet34, decoder 256": 13.0, "resnet18, decoder 256": 20.0, "resnet18, decoder 128": 30.0}  # AMX
+
+
+def test_a_slow_device_gets_the_fastest_model_and_a_fast_one_the_largest():
+    slow = plan_for(TrainOptions(time_limit=600.0), SLOW)
+    assert (slow.choices["encoder"], slow.choices["decoder_width"]) == ("resnet18", 128)
+    assert plan_for(TrainOptions(time_limit=120.0), SLOW).choices["augment"] == "light"  # few passes
+    fast = plan_for(TrainOptions(time_limit=600.0), FAST)
+    assert (fast.choices["encoder"], fast.choices["decoder_width"]) == ("resnet34", 256)
+    assert fast.choices["epochs"] * fast.choices["samples_per_epoch"] * (256 / 256) ** 2 >= ENOUGH_CROPS
+    assert list(slow.throughput) == [CANDIDATES[-1].name]  # the smallest was too slow: nothing larger was timed
+    assert len(fast.throughput) == len(CANDIDATES)
+
+
+@pytest.mark.parametrize("budget", [120.0, 600.0, 3600.0])
+@pytest.mark.parametrize("rates", [SLOW, FAST])
+def test_the_schedule_fills_the_budget_without_overrunning_it(budget, rates):
+    plan = plan_for(TrainOptions(time_limit=budget), rates)
+    assert 0.8 * budget <= plan.expected_seconds <= budget
+    rate = plan.throughput[f"{plan.choices['encoder']}, decoder {plan.choices['decoder_width']}"]
+    training = plan.choices["epochs"] * plan.choices["samples_per_epoch"] / rate
+    assert training <= budget
+    assert plan.choices["samples_per_epoch"] % plan.choices["batch_size"] == 0
+
+
+def test_validation_is_held_to_a_share_of_the_budget_by_fewer_longer_epochs():
+    small_val = plan_for(TrainOptions(time_limit=600.0), SLOW, fingerprint(83, val_pixels=2 * 512 * 512))
+    large_val = plan_for(TrainOptions(time_limit=600.0), SLOW, fingerprint(83, val_pixels=60 * 1024 * 1024))
+    assert large_val.choices["epochs"] < small_val.choices["epochs"]
+    assert large_val.choices["samples_per_epoch"] > small_val.choices["samples_per_epoch"]
+
+
+def test_what_the_user_sets_wins_over_the_plan():
+    options = TrainOptions.from_values({"time_limit": 600, "encoder": "resnet34", "crop": 128, "epochs": 5})
+    plan = plan_for(options, SLOW)
+    assert plan.choices["encoder"] == "resnet34" and plan.choices["crop"] == 128 and plan.choices["epochs"] == 5
+    assert plan.reasons["encoder"] == plan.reasons["crop"] == plan.reasons["epochs"] == "set by you"
+    assert plan.reasons["decoder_width"] != "set by you"  # planned among the candidates with a resnet34
+    applied = plan.apply(options)
+    assert (applied.encoder, applied.crop, applied.epochs) == ("resnet34", 128, 5)
+    assert applied.samples_per_epoch == plan.choices["samples_per_epoch"]
+
+
+def test_a_budget_too_short_to_plan_is_refused():
+    with pytest.raises(UsageError, match="too short to plan"):
+        plan_for(TrainOptions(time_limit=20.0), FAST)
+
+
+@pytest.fixture(scope="module")
+def planner_data(tmp_path_factory):
+    return write_binary_dataset(tmp_path_factory.mktemp("plan") / "data", count=8, size=(96, 128))
+
+
+def test_unetcli_plan_prints_the_plan_as_json_and_as_a_table(planner_data):
+    data = json.loads(ok(cli("plan", planner_data, "--time-limit", "2m", "--json")).stdout)
+    assert set(data["choices"]) == {"encoder", "decoder_width", "crop", "batch_size", "epochs", "samples_per_epoch",
+                                    "augment"}
+    assert data["budget_seconds"] == 120 and 0 < data["expected_seconds"] <= 120
+    assert data["fingerprint"]["pairs"] == 6  # two of the eight pairs are held out for validation
+    table = ok(cli("plan", planner_data, "--time-limit", "2m", "--crop", "64")).stdout
+    assert "--crop" in table and "set by you" in table and "2m00s budget" in table
+
+
+def test_unetcli_plan_refuses_a_bad_budget_and_a_resume(planner_data, tmp_path):
+    user_error(cli("plan", planner_data, "--time-limit", "10s"), 2, "too short to plan")
+    user_error(cli("plan", planner_data, "--no-plan"), 2, "nothing to plan")
+    user_error(cli("plan", planner_data, "--resume", tmp_path), 2, "nothing to plan")
+
+
+def test_a_planned_train_uses_and_records_the_plan(planner_data, tmp_path):
+    run = tmp_path / "run"
+    result = ok(cli("train", planner_data, "-o", run, "--crop", "64", "--epochs", "1", "--samples-per-epoch", "8"))
+    assert "plan:" in result.stderr and "set by you" in result.stderr
+    recorded = yaml.safe_load((run / "run.yaml").read_text())
+    assert recorded["crop"] == 64 and recorded["epochs"] == 1 and recorded["plan"] is True
+    assert (recorded["encoder"], recorded["decoder_width"]) in {(c.encoder, c.decoder_width) for c in CANDIDATES}
+    config = json.loads((run / "model-last" / "config.json").read_text())
+    assert config["encoder_name"] == recorded["encoder"] and config["decoder_channels"][0] == recorded["decoder_width"]
+    # the run's run.yaml retrains it exactly: every option is given, nothing is planned again
+    again = ok(cli("train", "--config", run / "run.yaml", "-o", tmp_path / "again"))
+    assert "plan:" not in again.stderr

@@ -1,0 +1,251 @@
+"""Plan a training run from the data, this device and the time budget.
+
+A few explicit rules over a small table of candidates, not a search (docs/decisions.md says what each rests on):
+- crop: about three typical objects across (median connected-component diameter of the non-background
+  classes), 128..512 pixels, no larger than the images;
+- model: timed on this device (training steps at the planned crop, batch and the precision `auto` picks), from
+  the smallest candidate up; the largest that trains on enough crops within the budget, else the smallest;
+- epochs and samples per epoch: the budget cut into about EPOCHS_TARGET epochs of equal length, so that the
+  learning-rate schedule ends when the budget does and every epoch leaves a model-last to resume from;
+- augmentation: light when the budget allows few passes, default otherwise.
+Options the user sets are kept as they are; the plan fills in the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UsageError
+from .options import TrainOptions
+
+DEFAULT_BUDGET = 15 * 60.0  # seconds: the run planned when no --time-limit is given
+MIN_BUDGET = 60.0
+EPOCHS_TARGET = 12
+ENOUGH_CROPS = 4000  # 256-px crops: on membrane more did not buy quality (shipped model: 75 min, same error)
+LIGHT_AUGMENT_BELOW = 1500  # 256-px crops: fewer than this and heavy augmentation slows learning
+VALIDATION_SHARE = 0.15  # at most this share of the budget goes to validation
+PLANNED = ("encoder", "decoder_width", "crop", "batch_size", "samples_per_epoch", "epochs", "augment")
+
+
+def wanted(options: TrainOptions) -> bool:
+    """Plan unless --no-plan, a resumed run (it keeps its options) or every planned option set by the user."""
+    return options.plan and not options.resume and not set(PLANNED) <= options.set_by_user
+
+
+@dataclass(frozen=True)
+class Candidate:
+    encoder: str
+    decoder_width: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.encoder}, decoder {self.decoder_width}"
+
+
+CANDIDATES = (Candidate("resnet34", 256), Candidate("resnet18", 256), Candidate("resnet18", 128))  # largest first
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What the plan needs to know about the training data."""
+
+    pairs: int
+    channels: int
+    median_size: tuple[int, int]  # (height, width)
+    smallest_side: int
+    class_shares: tuple[float, ...]
+    object_diameter: float | None  # see typical_object_diameter, pixels
+    val_pixels: int = 0
+
+
+def typical_object_diameter(masks: list[np.ndarray], *, limit: int = 32) -> float | None:
+    """The equivalent diameter of the object a typical foreground pixel belongs to: the area-weighted median over
+    the connected regions of each non-background class (ids 1..254) in up to `limit` masks. Weighting by area
+    keeps slivers cut by the image border and specks from pulling the figure down."""
+    import cv2
+
+    areas: list[int] = []
+    for mask in masks[:limit]:
+        for class_id in np.unique(mask):
+            if class_id in (0, 255):
+                continue
+            count, _, stats, _ = cv2.connectedComponentsWithStats((mask == class_id).astype(np.uint8), connectivity=8)
+            areas.extend(int(a) for a in stats[1:count, cv2.CC_STAT_AREA])
+    if not areas:
+        return None
+    ordered = np.sort(np.array(areas, np.float64))
+    cumulative = np.cumsum(ordered)
+    median_area = ordered[np.searchsorted(cumulative, cumulative[-1] / 2)]
+    return round(float(np.sqrt(4 * median_area / np.pi)), 1)
+
+
+def fingerprint(scan, val_scan=None) -> Fingerprint:
+    """A DatasetScan (and the validation set's) -> Fingerprint."""
+    sizes = np.array(scan.sizes)
+    total = sum(scan.class_pixels) or 1
+    val_pixels = sum(h * w for h, w in val_scan.sizes) if val_scan is not None else 0
+    return Fingerprint(
+        pairs=len(scan.samples), channels=scan.in_channels,
+        median_size=(int(np.median(sizes[:, 0])), int(np.median(sizes[:, 1]))), smallest_side=int(sizes.min()),
+        class_shares=tuple(round(c / total, 4) for c in scan.class_pixels),
+        object_diameter=typical_object_diameter([s.mask for s in scan.samples]), val_pixels=val_pixels)
+
+
+def plan_crop(fp: Fingerprint) -> tuple[int, str]:
+    largest = max(128, -(-fp.smallest_side // 32) * 32)
+    if fp.object_diameter is None:
+        return min(256, largest), "no objects found in the masks: the usual 256"
+    crop = int(np.clip(round(3 * fp.object_diameter / 32) * 32, 128, 512))
+    crop = min(crop, largest)
+    return crop, f"objects about {fp.object_diameter:.0f} px across: about three per crop side"
+
+
+@dataclass
+class Plan:
+    """The chosen options, each with its reason, and what the run is expected to take."""
+
+    choices: dict
+    reasons: dict
+    budget: float
+    expected_seconds: float
+    throughput: dict  # candidate name -> crops per second measured here
+    fingerprint: Fingerprint
+    device: str
+    precision: str
+
+    def apply(self, options: TrainOptions) -> TrainOptions:
+        """The options with the plan filled in wherever the user did not set a value."""
+        return dataclasses.replace(options, **{k: v for k, v in self.choices.items() if k not in options.set_by_user})
+
+    def to_dict(self) -> dict:
+        return {"choices": self.choices, "reasons": self.reasons, "budget_seconds": round(self.budget, 1),
+                "expected_seconds": round(self.expected_seconds, 1),
+                "throughput": {k: round(v, 3) for k, v in self.throughput.items()},
+                "fingerprint": dataclasses.asdict(self.fingerprint), "device": self.device, "precision": self.precision}
+
+
+def time_steps(candidate: Candidate, *, crop: int, batch: int, channels: int, out_channels: int, device,
+               precision, steps: int = 1) -> float:
+    """Crops per second of `steps` timed training steps (after one untimed) of `candidate` on this device. Timed at
+    the planned batch: on CPU, batches of 2 ran up to 1.7x slower per crop than batches of 8 at 160-px crops."""
+    import torch
+
+    from .model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(candidate.encoder, channels, out_channels, decoder_width=candidate.decoder_width).to(device)
+    memory_format = torch.channels_last if precision.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, channels, crop, crop, device=device).contiguous(memory_format=memory_format)
+    y = torch.rand(batch, out_channels, crop, crop, device=device)
+
+    def step():
+        with precision.autocast(device):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def _candidates(options: TrainOptions) -> list[Candidate]:
+    """The table's candidates that agree with the encoder / decoder width the user set (or that one model)."""
+    fixed = options.set_by_user
+    keep = [c for c in CANDIDATES if ("encoder" not in fixed or c.encoder == options.encoder)
+            and ("decoder_width" not in fixed or c.decoder_width == options.decoder_width)]
+    return keep or [Candidate(options.encoder, options.decoder_width)]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How a budget is spent with one candidate."""
+
+    epochs: int
+    samples_per_epoch: int
+    crops: int  # crops trained on in all
+    seconds: float  # expected duration: training, validation and saves
+    validation_seconds: float  # per epoch
+
+
+def schedule(fp: Fingerprint, options: TrainOptions, *, rate: float, crop: int, batch: int, budget: float) -> Schedule:
+    """Epochs and samples per epoch that fill `budget` at `rate` crops per second, with validation (a forward
+    pass costs about a third of a training step per pixel) held to VALIDATION_SHARE of the budget."""
+    fixed = options.set_by_user
+    validation = fp.val_pixels / (3 * rate * crop * crop) + 1.0  # + a model-last/model-best save
+    epochs = options.epochs if "epochs" in fixed else max(2, min(EPOCHS_TARGET, int(VALIDATION_SHARE * budget / validation)))
+    crops = max(batch, int(rate * (budget - epochs * validation)))
+    if "samples_per_epoch" in fixed:
+        per_epoch = options.samples_per_epoch
+        if "epochs" not in fixed:
+            epochs = max(1, crops // per_epoch)
+    else:
+        per_epoch = max(fp.pairs, batch, crops // epochs // batch * batch)
+    total = per_epoch * epochs
+    return Schedule(epochs, per_epoch, total, total / rate + epochs * validation, validation)
+
+
+def enough(schedule_: Schedule, crop: int) -> bool:
+    return schedule_.crops * (crop / 256) ** 2 >= ENOUGH_CROPS
+
+
+def choose(rates: dict[Candidate, float], schedules: dict[Candidate, Schedule], crop: int) -> tuple[Candidate, str]:
+    """The largest candidate timed that trains on ENOUGH_CROPS (in 256-px crop equivalents), else the fastest."""
+    fine = [c for c in CANDIDATES if c in rates and enough(schedules[c], crop)]
+    if fine:
+        best = fine[0]
+        return best, f"{rates[best]:.1f} crops/s here: {schedules[best].crops} crops in the budget, enough"
+    best = max(rates, key=lambda c: schedules[c].crops)
+    return best, f"{rates[best]:.1f} crops/s here, the fastest candidate: {schedules[best].crops} crops in the budget"
+
+
+def make_plan(fp: Fingerprint, options: TrainOptions, *, device, precision, out_channels: int, timer=time_steps) -> Plan:
+    """Fill in what the user left out: crop from the objects, the model from timed steps, the schedule from the budget."""
+    budget = options.time_limit or DEFAULT_BUDGET
+    if budget < MIN_BUDGET:
+        raise UsageError(f"--time-limit {budget:.0f}s is too short to plan a run; give at least {MIN_BUDGET:.0f}s "
+                         "(e.g. 5m), or set --no-plan and the options yourself")
+    fixed = options.set_by_user
+    started = time.monotonic()
+    crop, crop_reason = (options.crop, "set by you") if "crop" in fixed else plan_crop(fp)
+    batch = options.batch_size if "batch_size" in fixed else 8
+    rates: dict[Candidate, float] = {}
+    schedules: dict[Candidate, Schedule] = {}
+    # smallest first: a slow device, where timing costs most, stops at the first (a larger one would be slower still)
+    for candidate in reversed(_candidates(options)):
+        rates[candidate] = timer(candidate, crop=crop, batch=batch, channels=fp.channels,
+                                 out_channels=out_channels, device=device, precision=precision)
+        left = budget - (time.monotonic() - started)
+        schedules[candidate] = schedule(fp, options, rate=rates[candidate], crop=crop, batch=batch, budget=left)
+        if not enough(schedules[candidate], crop):
+            break
+    model, model_reason = choose(rates, schedules, crop)
+    left = budget - (time.monotonic() - started)  # after every probe
+    plan_schedule = schedule(fp, options, rate=rates[model], crop=crop, batch=batch, budget=left)
+    light = plan_schedule.crops * (crop / 256) ** 2 < LIGHT_AUGMENT_BELOW
+    choices = {"encoder": model.encoder, "decoder_width": model.decoder_width, "crop": crop, "batch_size": batch,
+               "epochs": plan_schedule.epochs, "samples_per_epoch": plan_schedule.samples_per_epoch,
+               "augment": "light" if light else "default"}
+    per_epoch = (plan_schedule.seconds / plan_schedule.epochs)
+    reasons = {"encoder": model_reason, "decoder_width": model_reason, "crop": crop_reason,
+               "batch_size": "set by you" if "batch_size" in fixed else "8 crops per step",
+               "epochs": f"about {per_epoch:.0f} s each, validation {plan_schedule.validation_seconds:.0f} s of it",
+               "samples_per_epoch": f"{plan_schedule.crops} crops in all over the epochs",
+               "augment": "few passes over the data: light" if light else "enough passes for the default augmentation"}
+    for name in fixed & set(choices):
+        choices[name], reasons[name] = getattr(options, name), "set by you"
+    return Plan(choices, reasons, budget, time.monotonic() - started + plan_schedule.seconds,
+                {c.name: r for c, r in rates.items()}, fp, str(device), precision.name)
