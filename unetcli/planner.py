@@ -6,7 +6,8 @@ A few explicit rules over a small table of candidates, not a search (docs/decisi
 - model: timed on this device (training steps at the planned crop, batch and the precision `auto` picks), from
   the smallest candidate up; the largest that trains on enough crops within the budget, else the smallest;
 - epochs and samples per epoch: the budget cut into about EPOCHS_TARGET epochs of equal length, so that the
-  learning-rate schedule ends when the budget does and every epoch leaves a model-last to resume from;
+  learning-rate schedule ends when the budget does and every epoch leaves a model-last to resume from (with
+  --time-limit twice as many epochs are allowed and the clock ends the run: the schedule follows the clock);
 - augmentation: light when the budget allows few passes, default otherwise.
 Options the user sets are kept as they are; the plan fills in the rest.
 """
@@ -27,6 +28,7 @@ MIN_BUDGET = 60.0
 EPOCHS_TARGET = 12
 ENOUGH_CROPS = 4000  # 256-px crops: on membrane more did not buy quality (shipped model: 75 min, same error)
 LIGHT_AUGMENT_BELOW = 1500  # 256-px crops: fewer than this and heavy augmentation slows learning
+CLOCK_HEADROOM = 2  # with --time-limit, planned epochs x this: the learning rate follows the clock there
 VALIDATION_SHARE = 0.15  # at most this share of the budget goes to validation
 PLANNED = ("encoder", "decoder_width", "crop", "batch_size", "samples_per_epoch", "epochs", "augment")
 
@@ -245,6 +247,10 @@ def make_plan(fp: Fingerprint, options: TrainOptions, *, device, precision, out_
                "epochs": f"about {per_epoch:.0f} s each, validation {plan_schedule.validation_seconds:.0f} s of it",
                "samples_per_epoch": f"{plan_schedule.crops} crops in all over the epochs",
                "augment": "few passes over the data: light" if light else "enough passes for the default augmentation"}
+    if options.time_limit and "epochs" not in fixed:  # the clock ends the run, so a device faster than timed
+        choices["epochs"] = CLOCK_HEADROOM * plan_schedule.epochs  # (or a busy probe) still uses the whole budget
+        reasons["epochs"] = (f"about {plan_schedule.epochs} fit, about {per_epoch:.0f} s each: up to "
+                             f"{choices['epochs']} so that --time-limit, not a count, ends the run")
     for name in fixed & set(choices):
         choices[name], reasons[name] = getattr(options, name), "set by you"
     return Plan(choices, reasons, budget, time.monotonic() - started + plan_schedule.seconds,
