@@ -4,6 +4,7 @@
     model = unetcli.load("runs/cells")              # a model folder or a run folder (its model-best/)
     mask = model.predict(image)                     # H x W (x 3 for colour masks), in the training masks' values
     probs = model.probabilities(image)              # K x H x W float32 in [0, 1]
+    objects = model.instances(image)                # H x W uint16: 0 background, 1..N one id per object
     for event in unetcli.train("data/", out="runs/cells", epochs=20):
         print(event)                                # DataReady, BatchDone, EpochDone, ..., TrainingDone
 
@@ -55,6 +56,18 @@ class Model:
 
         _, maps = self.predictor.predict_image_maps(_as_image(image), "image", probs=True)
         return maps.astype(np.float32) / PROB_SCALE
+
+
+    def instances(self, image: np.ndarray, objects: list[str] | None = None, split: str = "auto",
+                  min_size: int | None = None) -> np.ndarray:
+        """One id per object (H x W uint16, uint32 beyond 65535 objects; 0 = background), as `unetcli predict
+        --save instances` writes it: `objects` class names (default: every class but the background and a border
+        class), `split` auto | off, objects under `min_size` pixels dropped (default: as predict)."""
+        from .instances import DEFAULT_MIN_SIZE, InstanceOptions, label_instances
+
+        options = InstanceOptions(objects=None if objects is None else tuple(objects), split=split,
+                                  min_size=DEFAULT_MIN_SIZE if min_size is None else min_size)
+        return label_instances(self.predict_ids(image), self.predictor.class_map, options).image()
 
 
 def _as_image(image) -> np.ndarray:

@@ -20,9 +20,9 @@ class CropDataset:
     @classmethod
     def from_samples(cls, samples: list, pipeline, *, length: int, border: tuple[float, float] | None = None) -> CropDataset:
         """From decoded samples (`data.Sample`); `border` = (w0, sigma) adds the U-Net paper's weight maps,
-        computed once per mask here."""
+        computed once per mask here (from the object ids of instance masks)."""
         masks = [s.mask for s in samples]
-        weights = [border_weight_map(mask, *border) for mask in masks] if border is not None else None
+        weights = None if border is None else [border_weight_map(s.mask, *border, objects=s.objects) for s in samples]
         return cls([to_unit_range(s.image) for s in samples], masks, pipeline, length=length, weights=weights)
 
     def __len__(self) -> int:

@@ -12,6 +12,7 @@ import numpy as np
 from .channels import AlphaCheck, alpha_range, check_alpha, match_channels
 from .errors import DataError, UsageError
 from .images import RawMask, exif_rotates, is_image_file, read_image, read_mask, to_unit_range
+from .instance_masks import instance_signs, object_ids, read_object_masks
 from .mask_modes import infer_class_map
 from .masks import IGNORE_ID, ClassMap, MaskStats, mask_stats
 
@@ -28,7 +29,8 @@ class Pair:
 
 
 def resolve_layout(data: Path | None, images: Path | None = None, masks: Path | None = None) -> tuple[Path, Path]:
-    """The images and masks folders: DATA/images + DATA/masks (or common aliases), or given explicitly."""
+    """The images and masks folders: DATA/images + DATA/masks (or common aliases), or given explicitly. A DATA
+    in the DSB2018 layout (see `object_layout`) gives (DATA, DATA), which `find_pairs` pairs per image folder."""
     if images is not None and masks is not None:
         folders = (Path(images), Path(masks))
     elif data is None:
@@ -40,6 +42,8 @@ def resolve_layout(data: Path | None, images: Path | None = None, masks: Path | 
         found_images = images or next((data / n for n in IMAGE_FOLDER_NAMES if (data / n).is_dir()), None)
         found_masks = masks or next((data / n for n in MASK_FOLDER_NAMES if (data / n).is_dir()), None)
         if found_images is None or found_masks is None:
+            if images is None and masks is None and object_layout(data):
+                return data, data
             missing = "images/" if found_images is None else "masks/"
             raise DataError(
                 f"{data}: no {missing} folder inside; expected DATA/images and DATA/masks "
@@ -88,7 +92,12 @@ def _short_list(names: list[str], limit: int = 5) -> str:
 
 
 def find_pairs(images_dir: Path, masks_dir: Path) -> list[Pair]:
-    """Match the image files of two folders by file stem (see `pair_files`)."""
+    """Match the image files of two folders by file stem (see `pair_files`); one folder in the DSB2018 layout
+    (`object_layout`) pairs each DATA/<id>/images/ file with its DATA/<id>/masks/ folder."""
+    if Path(images_dir) == Path(masks_dir):
+        folders = object_layout(Path(images_dir))
+        if folders:
+            return object_pairs(folders)
     return pair_files(list_image_files(images_dir), list_image_files(masks_dir), images_dir, masks_dir)
 
 
@@ -118,6 +127,43 @@ def pair_files(image_files: list[Path], mask_files: list[Path], images_dir: Path
     return pairs
 
 
+def object_layout(data: Path) -> list[Path] | None:
+    """The per-image folders of the DSB2018 layout, DATA/<id>/images/<id>.png + DATA/<id>/masks/*.png (one binary
+    mask per object), or None. The rule: DATA holds no images/ or masks/ folder (checked first by resolve_layout)
+    and its subfolders (hidden ones skipped) hold images/ folders: all of them, or a DataError names the others."""
+    try:
+        subfolders = sorted(Path(e.path) for e in os.scandir(data) if e.is_dir() and not e.name.startswith("."))
+    except OSError:
+        return None
+    laid_out = [folder for folder in subfolders if (folder / "images").is_dir()]
+    if not laid_out:
+        return None
+    odd = [folder.name for folder in subfolders if folder not in laid_out]
+    if odd:
+        raise DataError(
+            f"{data}: laid out as one folder per image (<id>/images/ + <id>/masks/, as in DSB2018), but "
+            f"{_short_list(odd)} hold no images/ folder; move them out of {data}"
+        )
+    return laid_out
+
+
+def object_pairs(folders: list[Path]) -> list[Pair]:
+    """One pair per DSB2018 image folder: its one image file and its masks/ folder (read by read_object_masks)."""
+    pairs, lonely = [], []
+    for folder in folders:
+        images = list_image_files(folder / "images")
+        if len(images) != 1:
+            raise DataError(f"{folder / 'images'}: holds {len(images)} image files; in this layout each image has its "
+                            "own folder (<id>/images/<id>.png with <id>/masks/)")
+        if not (folder / "masks").is_dir():
+            lonely.append(folder.name)
+        pairs.append(Pair(folder.name, images[0], folder / "masks"))
+    if lonely:
+        raise DataError(f"{len(lonely)} image folder(s) without a masks/ folder: {_short_list(lonely)}; "
+                        "each <id>/ needs masks/ holding one mask file per object")
+    return pairs
+
+
 def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
     """A seeded random split; at least one validation pair when val_fraction > 0 and there are 2+ pairs."""
     if not 0 <= val_fraction < 1:
@@ -140,11 +186,12 @@ class Sample:
     image: np.ndarray
     raw_mask: RawMask
     mask: np.ndarray | None = None
+    objects: np.ndarray | None = None  # instance masks: the object ids (0 = background), for the border weight map
 
 
 def read_sample(pair: Pair) -> Sample:
     image = read_image(pair.image)
-    raw = read_mask(pair.mask)
+    raw = read_object_masks(pair.mask, image.shape[:2]) if pair.mask.is_dir() else read_mask(pair.mask)
     if raw.values.shape[:2] != image.shape[:2]:
         h, w = image.shape[:2]
         mh, mw = raw.values.shape[:2]
@@ -169,6 +216,7 @@ class DatasetScan:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     alpha: AlphaCheck | None = None  # RGBA images: whether their alpha is one constant (then dropped) or varies
+    notes: list[str] = field(default_factory=list)  # e.g. masks that look like object ids (see instance_masks)
 
     @property
     def alpha_dropped(self) -> float | None:
@@ -210,6 +258,9 @@ def scan_dataset(
     except DataError as err:
         scan.problems.append(str(err))
         return scan
+    if class_map is None and class_map_file is None and mask_mode == "auto":
+        signs = instance_signs(stats, ignore_value)
+        scan.notes += [signs.note(scan.class_map.mode == "instances")] if signs.looks_like_ids else []
     counts = np.zeros(256, np.int64)
     for sample in scan.samples:
         try:
@@ -217,6 +268,8 @@ def scan_dataset(
         except DataError as err:
             scan.problems.append(str(err))
             continue
+        if scan.class_map.mode == "instances":
+            sample.objects = object_ids(sample.raw_mask, scan.class_map.ignore_value)
         counts += np.bincount(sample.mask.ravel(), minlength=256)
     scan.class_pixels = [int(c) for c in counts[: scan.class_map.num_classes]]
     scan.ignored_pixels = int(counts[IGNORE_ID])

@@ -17,17 +17,59 @@ from .display import thumbnail
 from .errors import DataError
 from .images import read_mask, write_bytes_atomic, write_png
 from .mask_modes import infer_class_map
-from .masks import ClassMap, mask_stats
-from .metrics import SCORES, confusion_matrix, counts_from_confusion, nanmean, pixel_accuracy, scores_from_counts
+from .masks import IGNORE_ID, ClassMap, mask_stats
+from .metrics import (
+    ISBI_THRESHOLDS,
+    SCORES,
+    confusion_matrix,
+    counts_from_confusion,
+    foreground_f_counts,
+    max_f_error,
+    nanmean,
+    pixel_accuracy,
+    scores_from_counts,
+)
+from .object_metrics import (
+    FIELDS,
+    ObjectScores,
+    prediction_labels,
+    prediction_regions,
+    score_objects,
+    summarise_objects,
+    truth_labels,
+)
+from .outputs import SUFFIXES
 
-PREDICTION_EXTRAS = ("_color", "_overlay", "_probs")  # files `unetcli predict --save` writes beside the masks
+PREDICTION_EXTRAS = tuple(suffix for suffix in SUFFIXES.values() if suffix)  # what `predict --save` adds beside masks
 WORST_KEPT = 6  # worst images kept (as thumbnails, see display.THUMBNAIL) for the --report picture
+MASK_THRESHOLDS = (0.0,)  # --pred/--gt: the predicted mask is the ISBI pixel error's only "probability" (0 or 1)
 
 
 @dataclass(frozen=True)
 class ImageResult:
     stem: str
     matrix: np.ndarray  # confusion matrix (truth, prediction)
+    objects: dict[str, ObjectScores] = field(default_factory=dict)  # object and boundary scores per object class
+    foreground_f: np.ndarray | None = None  # two-class tasks: TP, FP, FN per threshold of Evaluation.f_thresholds
+
+
+def score_image(stem: str, truth: np.ndarray, pred: np.ndarray, class_map: ClassMap, *, raw_truth,
+                probability: np.ndarray | None = None, thresholds=MASK_THRESHOLDS) -> ImageResult:
+    """An image's confusion matrix, its object and boundary scores per object class (object_metrics: the objects
+    `predict --save instances` would write, and for Rand and VI the connected regions of each predicted class),
+    and for two-class tasks its foreground counts for the ISBI pixel error: at `thresholds` of `probability` (the
+    foreground's), or of the predicted mask itself when there is none. Ignored pixels count nowhere."""
+    valid = truth != IGNORE_ID
+    valid = None if valid.all() else valid
+    truths = truth_labels(raw_truth, truth, class_map)
+    preds, regions = prediction_labels(pred, class_map), prediction_regions(pred, list(truths))
+    objects = {class_map.names[c]: score_objects(truths[c], preds[c], valid, regions=regions[c]) for c in truths}
+    counts = None
+    if class_map.num_classes == 2:
+        proposal = (pred == 1).astype(np.float32) if probability is None else probability
+        keep = slice(None) if valid is None else valid
+        counts = foreground_f_counts(proposal[keep], truth[keep] == 1, thresholds)
+    return ImageResult(stem, confusion_matrix(pred, truth, class_map.num_classes), objects, counts)
 
 
 def foreground_dice(matrix: np.ndarray) -> float:
@@ -62,6 +104,7 @@ class Evaluation:
     class_colours: list[tuple[int, int, int]] = field(default_factory=list)
     source: str = ""  # what was scored, for the report's title
     worst: list[WorstImage] = field(default_factory=list)  # the WORST_KEPT worst so far, worst first
+    f_thresholds: tuple[float, ...] = MASK_THRESHOLDS  # the ISBI pixel error's thresholds (ImageResult.foreground_f)
 
     def add(self, result: ImageResult, truth: np.ndarray, pred: np.ndarray, *, image: np.ndarray | None = None) -> None:
         """Record an image's counts; keep small copies of it when it is among the worst so far."""
@@ -96,7 +139,25 @@ class Evaluation:
             "mean_iou": _clean(nanmean(micro["iou"])),
             "classes": classes,
             "confusion_matrix": total.tolist(),
+            **self.object_summary(),
         }
+
+    @property
+    def object_names(self) -> list[str]:
+        """The object classes scored (object_metrics.object_classes), in class order."""
+        return [name for name in self.class_names if any(name in r.objects for r in self.images)]
+
+    def object_summary(self) -> dict:
+        """`objects`: per object class, summed counts and micro precision / recall / F1 at IoU 0.5, image means
+        of the DSB2018 score, Rand and VI (object_metrics.summarise_objects); `isbi_pixel_error`: two-class tasks,
+        1 - the maximal foreground F-score over `isbi_thresholds` from TP/FP/FN summed over all images (None
+        otherwise); `isbi_threshold`: the probability threshold that gives it (None for --pred/--gt masks)."""
+        objects = {name: summarise_objects([r.objects[name] for r in self.images if name in r.objects])
+                   for name in self.object_names}
+        counts = [r.foreground_f for r in self.images if r.foreground_f is not None]
+        error, best = max_f_error(sum(counts)) if counts else (float("nan"), None)
+        threshold = self.f_thresholds[best] if best is not None and len(self.f_thresholds) > 1 else None
+        return {"objects": objects, "isbi_pixel_error": _clean(error), "isbi_threshold": threshold}
 
     def per_image_csv(self) -> str:
         buffer = io.StringIO()
@@ -105,6 +166,8 @@ class Evaluation:
         for name in self.class_names:
             header += [f"{s}_{name}" for s in ("dice", "iou", "precision", "recall")]
             header += [f"{k}_{name}" for k in ("tp", "fp", "fn", "tn")]
+        objects, isbi = self.object_names, any(r.foreground_f is not None for r in self.images)
+        header += [f"{key}_{name}" for name in objects for key in FIELDS] + (["isbi_pixel_error"] if isbi else [])
         writer.writerow(header)
         for result in self.images:
             counts = counts_from_confusion(result.matrix)
@@ -113,6 +176,9 @@ class Evaluation:
             for c in range(len(self.class_names)):
                 row += [_fmt(scores[s][c]) for s in ("dice", "iou", "precision", "recall")]
                 row += [int(counts[k][c]) for k in ("tp", "fp", "fn", "tn")]
+            row += [_cell(result.objects[name].values()[key]) if name in result.objects else ""
+                    for name in objects for key in FIELDS]
+            row += [_fmt(max_f_error(result.foreground_f)[0]) if result.foreground_f is not None else ""] if isbi else []
             writer.writerow(row)
         return buffer.getvalue()
 
@@ -137,6 +203,11 @@ def _fmt(value) -> str:
     return "" if math.isnan(value) else f"{value:.6f}"
 
 
+def _cell(value) -> str:
+    """A CSV cell: counts as integers, scores with six decimals, NaN empty."""
+    return str(value) if isinstance(value, (int, np.integer)) else _fmt(value)
+
+
 def evaluate_model(model_dir: Path, data: Path | None, images: Path | None = None, *, masks: Path | None = None,
                    device: str = "auto", precision: str = "auto", tile: str = "auto", tta: bool = False) -> Iterator:
     """Predict every pair of DATA with the model (as `predict` would) and score it. Yields ImageResults,
@@ -145,13 +216,20 @@ def evaluate_model(model_dir: Path, data: Path | None, images: Path | None = Non
 
     predictor = Predictor.from_folder(model_dir, device, precision, tile=tile, tta=tta)
     pairs = find_pairs(*resolve_layout(data, images, masks))
-    evaluation = Evaluation(predictor.class_map.names, class_colours=predictor.class_map.display_colours.tolist(),
-                            source=f"model {model_dir} on {data if data is not None else images}")
+    from .predictor import PROB_SCALE
+
+    class_map = predictor.class_map
+    evaluation = Evaluation(class_map.names, class_colours=class_map.display_colours.tolist(),
+                            source=f"model {model_dir} on {data if data is not None else images}",
+                            f_thresholds=ISBI_THRESHOLDS)
+    two_class = class_map.num_classes == 2  # the ISBI pixel error needs the foreground probability
     for pair in pairs:
         sample = read_sample(pair)
-        truth = predictor.class_map.decode(sample.raw_mask, pair.mask)
-        pred = predictor.predict_image(sample.image, pair.image)
-        result = ImageResult(pair.stem, confusion_matrix(pred, truth, len(evaluation.class_names)))
+        truth = class_map.decode(sample.raw_mask, pair.mask)
+        pred, maps = predictor.predict_image_maps(sample.image, pair.image, probs=two_class)
+        probability = None if maps is None else maps[-1] / np.float32(PROB_SCALE)  # binary: 1 map; else class 1's
+        result = score_image(pair.stem, truth, pred, class_map, raw_truth=sample.raw_mask, probability=probability,
+                             thresholds=ISBI_THRESHOLDS)
         evaluation.add(result, truth, pred, image=sample.image)
         yield result
     yield evaluation
@@ -174,6 +252,29 @@ def _predict_extra(stem: str, stems: set[str]) -> bool:
     return False
 
 
+def _folders_class_map(raws, mask_mode: str, class_map_file: Path | None) -> ClassMap:
+    """The class table of true and predicted masks together; true object-id masks (instances) alone, since the
+    predictions of an instances model are its class ids."""
+    truth_stats = [mask_stats(pair.mask, truth) for pair, _, truth in raws]
+    truth_map = infer_class_map(truth_stats, mask_mode, class_map_file=class_map_file)
+    if truth_map.mode == "instances":
+        return truth_map
+    return infer_class_map(truth_stats + [mask_stats(pair.image, pred) for pair, pred, _ in raws], mask_mode,
+                           class_map_file=class_map_file)
+
+
+def _prediction_ids(pred, path: Path, class_map: ClassMap) -> np.ndarray:
+    """A predicted mask's class ids: decoded by the class table, or as written for an instances model (0/1/2)."""
+    if class_map.mode != "instances":
+        return class_map.decode(pred, path)
+    ids = pred.values if pred.values.ndim == 2 else pred.values[:, :, 0]
+    if pred.kind != "gray" or int(ids.max(initial=0)) >= class_map.num_classes:
+        raise DataError(f"{path}: holds values above {class_map.num_classes - 1}; with object-id truth masks the "
+                        "predictions are an instances model's class ids (0 background, 1 object, 2 border), as "
+                        "`unetcli predict` writes them")
+    return ids.astype(np.uint8)
+
+
 def evaluate_folders(pred_dir: Path, gt_dir: Path, mask_mode: str = "auto", class_map_file: Path | None = None,
                      class_map: ClassMap | None = None) -> Iterator:
     """Score a folder of predicted masks against a folder of true masks (matched by file stem)."""
@@ -185,14 +286,12 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path, mask_mode: str = "auto", clas
             raise DataError(f"{pair.image}: prediction is {pred.values.shape[1]}x{pred.values.shape[0]} but the truth "
                             f"{pair.mask.name} is {truth.values.shape[1]}x{truth.values.shape[0]}")
         raws.append((pair, pred, truth))
-    if class_map is None:
-        stats = [mask_stats(p.mask, t) for p, _, t in raws] + [mask_stats(p.image, q) for p, q, _ in raws]
-        class_map = infer_class_map(stats, mask_mode, class_map_file=class_map_file)
+    class_map = class_map or _folders_class_map(raws, mask_mode, class_map_file)
     evaluation = Evaluation(class_map.names, class_colours=class_map.display_colours.tolist(),
                             source=f"predictions {pred_dir} against {gt_dir}")
     for pair, pred, truth in raws:
-        pred_ids, truth_ids = class_map.decode(pred, pair.image), class_map.decode(truth, pair.mask)
-        result = ImageResult(pair.stem, confusion_matrix(pred_ids, truth_ids, class_map.num_classes))
+        pred_ids, truth_ids = _prediction_ids(pred, pair.image, class_map), class_map.decode(truth, pair.mask)
+        result = score_image(pair.stem, truth_ids, pred_ids, class_map, raw_truth=truth)
         evaluation.add(result, truth_ids, pred_ids)
         yield result
     yield evaluation

@@ -249,11 +249,25 @@ def read_mask(path: str | Path) -> RawMask:
         elif array.dtype != np.uint8:
             raise DataError(f"{path}: colour masks must be 8-bit; save it as an 8-bit RGB PNG")
     if array.dtype not in (np.uint8, np.uint16):
+        array = _label_values(array, path)
+    return RawMask(array, "rgb" if array.ndim == 3 else "gray")
+
+
+def _label_values(array: np.ndarray, path: Path) -> np.ndarray:
+    """Gray masks stored as other integer types (32-bit or signed TIFF label images, as labelling tools save
+    object ids) as 16-bit, when every value fits; float and out-of-range masks are refused."""
+    if array.ndim != 2 or array.dtype.kind not in "iu":
         raise DataError(
             f"{path}: mask pixel type {array.dtype} is not supported; masks hold integer class values "
             "(8- or 16-bit PNG)"
         )
-    return RawMask(array, "rgb" if array.ndim == 3 else "gray")
+    low, high = int(array.min(initial=0)), int(array.max(initial=0))
+    if low < 0 or high > 65535:
+        raise DataError(
+            f"{path}: mask values {low}..{high} ({array.dtype}); masks hold values 0..65535. For object ids, "
+            "number the objects 1..N (e.g. skimage.segmentation.relabel_sequential) and save a 16-bit PNG or TIFF"
+        )
+    return array.astype(np.uint16)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -1,5 +1,5 @@
-"""Mask modes: detect how a folder of masks encodes its classes (binary, index, palette, rgb, or a class map
-file) and build the `ClassMap`, or refuse with the values found and the files that hold them."""
+"""Mask modes: detect how a folder of masks encodes its classes (binary, index, palette, rgb, instances, or a
+class map file) and build the `ClassMap`, or refuse with the values found and the files that hold them."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .class_csv import class_csv_entries
 from .errors import DataError, UsageError
+from .instance_masks import instance_signs, instances_class_map
 from .masks import MASK_MODES, MAX_CLASSES, ClassMap, MaskStats, SegClass, Value, default_colour, format_value, value_key
 
 MAX_AUTO_COLOURS = 64  # more distinct colours than this almost always means a lossy or resized mask
@@ -108,6 +109,9 @@ def infer_class_map(stats: list[MaskStats], mode: str = "auto", ignore_value: in
     if not stats:
         raise DataError("no masks to read")
     kinds = {s.kind for s in stats}
+    if "objects" in kinds and (mode not in ("auto", "instances") or class_map_file is not None):
+        raise DataError("one mask file per object (the DSB2018 layout) gives instance masks, whose values are object ids, "
+                        "not classes; use --mask-mode instances (or auto) without --class-map")
     if "palette" in kinds and len(kinds) > 1:
         other = next(s for s in stats if s.kind != "palette")
         pal = next(s for s in stats if s.kind == "palette")
@@ -127,8 +131,8 @@ def infer_class_map(stats: list[MaskStats], mode: str = "auto", ignore_value: in
         return _from_mapping(stats, read_class_map(class_map_file, colour_masks=colour), values, ignore_value=ignore_value,
                              colour=colour, kinds=kinds)
     if mode == "auto":
-        mode = _auto_mode(values, kinds, colour)
-    builder = {"binary": _binary, "index": _index, "palette": _palette, "rgb": _rgb}[mode]
+        mode = "instances" if instance_signs(stats, ignore_value).clear else _auto_mode(values, kinds, colour)
+    builder = {"binary": _binary, "index": _index, "palette": _palette, "rgb": _rgb, "instances": _instances}[mode]
     class_map = builder(stats, values, ignore_value, num_classes=num_classes)
     if num_classes is not None and num_classes != class_map.num_classes and not (class_map.is_binary and num_classes == 1):
         raise DataError(
@@ -165,6 +169,10 @@ def _auto_mode(values: list[Value], kinds: set[str], colour: bool) -> str:
         'as {"background": 0, "a": 128, "b": 255} and pass --class-map FILE; if the masks were resized or '
         "saved lossy, re-export them with nearest-neighbour interpolation"
     )
+
+
+def _instances(stats, values, ignore_value, *, num_classes=None) -> ClassMap:
+    return instances_class_map(stats, ignore_value)
 
 
 def _check_kind(stats: list[MaskStats], mode: str, allowed: set[str]) -> None:

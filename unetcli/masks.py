@@ -20,8 +20,9 @@ from .images import RawMask
 Value = int | tuple[int, int, int]
 IGNORE_ID = 255  # class id used internally for ignored pixels; so at most 255 classes
 MAX_CLASSES = 255
-MASK_MODES = ("auto", "binary", "index", "palette", "rgb")
+MASK_MODES = ("auto", "binary", "index", "palette", "rgb", "instances")
 _UNKNOWN = np.uint16(0xFFFF)
+MIN_OBJECTS = 8  # gray masks with this many non-zero values get their regions counted (instance_masks.MIN_OBJECTS)
 
 # Colours for pictures of class tables that bring none of their own (binary and index masks): saturated hues
 # that stand out from gray and natural images, none near white, gray or black (class 0, the background, is black
@@ -87,12 +88,15 @@ class MaskStats:
     """Which values one mask holds and how many pixels each."""
 
     path: Path
-    kind: str  # gray | rgb | palette
+    kind: str  # gray | rgb | palette | objects (a label image built from one mask file per object)
     counts: dict  # value -> pixel count
     palette: tuple[int, ...] | None = None
+    bits: int = 8  # 8 or 16: how the mask stores its values
+    regions: int | None = None  # gray masks with many values: connected regions of one value (instance_masks)
 
 
 def mask_stats(path: Path, raw: RawMask) -> MaskStats:
+    regions = None
     if raw.kind == "rgb":
         keys, counts = np.unique(_rgb_key(raw.values), return_counts=True)
         values = [_key_to_rgb(int(k)) for k in keys]
@@ -100,7 +104,12 @@ def mask_stats(path: Path, raw: RawMask) -> MaskStats:
         bins = np.bincount(raw.values.ravel())
         keys = np.flatnonzero(bins)
         values, counts = [int(k) for k in keys], bins[keys]
-    return MaskStats(path, raw.kind, {v: int(c) for v, c in zip(values, counts)}, raw.palette)
+        if raw.kind == "gray" and np.count_nonzero(keys) >= MIN_OBJECTS:
+            from .instance_masks import count_regions
+
+            regions = count_regions(raw.values)
+    return MaskStats(path, raw.kind, {v: int(c) for v, c in zip(values, counts)}, raw.palette,
+                     bits=8 * raw.values.dtype.itemsize, regions=regions)
 
 
 @dataclass(frozen=True)
@@ -114,7 +123,7 @@ class SegClass:
 class ClassMap:
     """How the user's mask values map to class ids 0..N-1 (and back)."""
 
-    mode: str  # binary | index | palette | rgb
+    mode: str  # binary | index | palette | rgb | instances (mask values are object ids; see instance_masks)
     classes: tuple[SegClass, ...]
     ignore_value: int | None = None
     palette: tuple[int, ...] | None = field(default=None, repr=False)
@@ -152,6 +161,11 @@ class ClassMap:
         """Class ids (uint8, IGNORE_ID for ignored pixels). Values that are no class raise DataError."""
         if self.mode == "rgb":
             return self._decode_rgb(raw, path)
+        if self.mode == "instances":
+            return self._decode_instances(raw, path)
+        if raw.kind == "objects":
+            raise DataError(f"{path}: one mask file per object, but this model expects {self.mode} masks; "
+                            "use --mask-mode instances (or auto)")
         if raw.kind == "rgb":
             raise DataError(f"{path}: a colour mask, but this model expects {self.mode} masks; save it as a gray PNG")
         ids = self._gray_lut[raw.values]
@@ -163,6 +177,13 @@ class ClassMap:
                 f"(classes are {self.describe_values()}); check the mask or choose --mask-mode/--class-map"
             )
         return ids.astype(np.uint8)
+
+    def _decode_instances(self, raw: RawMask, path: Path | str) -> np.ndarray:
+        from .instance_masks import object_classes
+
+        if raw.kind not in ("gray", "objects"):
+            raise DataError(f"{path}: a {raw.kind} mask, but instance masks are gray label images (one value per object)")
+        return object_classes(raw.values, border=len(self.classes) == 3, ignore_value=self.ignore_value)
 
     def _decode_rgb(self, raw: RawMask, path: Path | str) -> np.ndarray:
         values = raw.values
@@ -249,6 +270,11 @@ class ClassMap:
         keys = [value_key(c.value) for c in self.classes]
         if len(set(keys)) != len(keys):
             raise ValueError("two classes share one mask value")
+        if self.mode == "instances":  # class values are what predictions write; the masks hold object ids
+            from .instance_masks import check_instance_classes
+
+            check_instance_classes(self)
+            keys = [0]
         if self.ignore_value is not None and (not isinstance(self.ignore_value, int) or not 0 <= self.ignore_value < 65536
                                               or value_key(self.ignore_value) in keys):
             raise ValueError(f"ignore value {self.ignore_value!r} is not a free gray level")

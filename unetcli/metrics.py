@@ -57,3 +57,36 @@ def nanmean(values) -> float:
 def pixel_accuracy(matrix: np.ndarray) -> float:
     total = matrix.sum()
     return float(np.trace(matrix) / total) if total else float("nan")
+
+
+# The ISBI 2012 challenge's pixel error: 1 - the maximal F-score of the foreground over thresholds of the
+# foreground probability, as its Fiji script (trainableSegmentation.metrics.PixelError) computes it: foreground
+# = true label > 0 (EM: the cell interior, 255) against probability > t, for t = 0.0, 0.1, ..., 1.0, with TP, FP
+# and FN summed over all slices before the F-score. A mask without probabilities is one threshold (the script's
+# "binary proposal").
+ISBI_THRESHOLDS = tuple(k / 10 for k in range(11))
+
+
+def foreground_f_counts(probability: np.ndarray, truth_foreground: np.ndarray, thresholds=ISBI_THRESHOLDS) -> np.ndarray:
+    """(len(thresholds), 3) int64: TP, FP, FN of `probability > t` against the true foreground, per threshold."""
+    probability = np.asarray(probability).ravel()
+    truth_foreground = np.asarray(truth_foreground, bool).ravel()
+    on_truth, off_truth = probability[truth_foreground], probability[~truth_foreground]
+    rows = []
+    for t in thresholds:
+        tp = int(np.count_nonzero(on_truth > t))
+        rows.append((tp, int(np.count_nonzero(off_truth > t)), on_truth.size - tp))
+    return np.asarray(rows, np.int64).reshape(len(thresholds), 3)
+
+
+def max_f_error(counts: np.ndarray) -> tuple[float, int | None]:
+    """1 - the maximal F-score over the rows of `counts` (TP, FP, FN), and the row that gives it; (NaN, None)
+    when no row has a true or a predicted foreground pixel."""
+    counts = np.asarray(counts, np.float64)
+    tp, fp, fn = counts[:, 0], counts[:, 1], counts[:, 2]
+    bottom = 2 * tp + fp + fn
+    if not bottom.any():
+        return float("nan"), None
+    f = np.divide(2 * tp, bottom, out=np.full(len(tp), -1.0), where=bottom > 0)
+    best = int(np.argmax(f))
+    return float(1 - f[best]), best

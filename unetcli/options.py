@@ -39,7 +39,7 @@ class TrainOptions:
     decoder_width: int = option(256, "Channels of the first decoder block, halved at each of the next four (128: a "
                                      "smaller, faster decoder).")
     classes: int | None = option(None, "Number of classes, or auto (from the masks).")
-    mask_mode: str = option("auto", "auto | binary | index | palette | rgb.")
+    mask_mode: str = option("auto", "auto | binary | index | palette | rgb | instances (object ids).")
     ignore_index: int | None = option(None, "Mask value to leave out of loss and metrics.")
     class_map_file: Path | None = option(None, CLASS_MAP_HELP, "--class-map")
     epochs: int = option(40, "Epochs to train.")

@@ -1,8 +1,11 @@
 """What `predict` writes for each input: the output files' names, the checks before any is written, and the
-writer that turns class ids into the user's mask values, colour, overlay and probability PNGs."""
+writer that turns class ids into the user's mask values, colour, overlay and probability PNGs, and objects
+(`--save instances`: `<stem>_instances.tif` and its rows of OUT/objects.csv)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -13,12 +16,14 @@ import numpy as np
 
 from .display import class_outlines, display_levels, outline_width
 from .errors import OutputError, UnetcliError, UsageError
-from .images import remove_stale_temp_files, write_png
+from .images import remove_stale_temp_files, write_bytes_atomic, write_png
+from .instances import CSV_COLUMNS, InstanceOptions, label_instances, object_classes, object_rows
 
 if TYPE_CHECKING:
     from .predictor import Predictor
 
-SAVE_KINDS = ("mask", "color", "overlay", "probs")
+SUFFIXES = {"mask": "", "color": "_color", "overlay": "_overlay", "probs": "_probs", "instances": "_instances"}
+SAVE_KINDS = tuple(SUFFIXES)
 SAVE_SYNONYMS = {"colour": "color"}
 
 
@@ -40,7 +45,7 @@ def resolve_save(save: tuple[str, ...] | list[str]) -> tuple[str, ...]:
         raise UsageError(f"--save {','.join(save)}: {', '.join(sorted(both))} both listed and left out")
     kinds = tuple(k for k in SAVE_KINDS if k in listed or (k == "mask" and k not in removed))
     if not kinds:
-        raise UsageError(f"--save {','.join(save)}: nothing left to write; list color, overlay or probs")
+        raise UsageError(f"--save {','.join(save)}: nothing left to write; list color, overlay, probs or instances")
     return kinds
 
 
@@ -51,6 +56,7 @@ class PredictOptions:
     skip_existing: bool = False
     shard: tuple[int, int] = (1, 1)
     overlay_alpha: float = 0.4
+    instances: InstanceOptions = field(default_factory=InstanceOptions)  # --objects, --split, --min-size
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "save", resolve_save(self.save))
@@ -66,11 +72,14 @@ class PredictResult:
     warning: str | None = None
     error: str | None = None
     exit_code: int = 0
+    objects: dict[str, int] | None = None  # --save instances: objects per object class
 
     def to_json(self) -> str:
         data = {"input": str(self.input), "status": self.status, "outputs": self.outputs}
         if self.status == "ok":
             data.update(classes_present=self.classes_present, foreground_fraction=self.foreground_fraction)
+        if self.objects is not None:
+            data["objects"] = self.objects
         if self.warning:
             data["warning"] = self.warning
         if self.error:
@@ -83,19 +92,30 @@ def check_save_kinds(save: tuple[str, ...]) -> None:
     resolve_save(save)
 
 
+OBJECTS_CSV = "objects.csv"  # OUT/objects.csv: one row per object of every `<stem>_instances.tif` in OUT
+OBJECT_ROWS = ".objects"  # OUT/.objects/<stem>_instances.csv: each image's rows, from which objects.csv is built
+
+
 def output_paths(path: Path, options: PredictOptions, probability_channels: int = 1) -> dict[str, Path]:
     """kind -> file. --save probs writes `<stem>_probs.png` for a binary model (the foreground's probability)
-    and `<stem>_probs_<class id>.png` per class otherwise."""
-    suffix = {"mask": "", "color": "_color", "overlay": "_overlay"}
+    and `<stem>_probs_<class id>.png` per class otherwise; --save instances `<stem>_instances.tif` and, as kind
+    'objects', its rows for objects.csv in OUT/.objects/ (written first, so the .tif implies them)."""
     paths = {}
     for kind in options.save:
-        if kind != "probs":
-            paths[kind] = options.out_dir / f"{path.stem}{suffix[kind]}.png"
-        elif probability_channels == 1:
-            paths["probs"] = options.out_dir / f"{path.stem}_probs.png"
+        stem = f"{path.stem}{SUFFIXES[kind]}"
+        if kind == "instances":
+            paths["objects"] = options.out_dir / OBJECT_ROWS / f"{stem}.csv"
+            paths[kind] = options.out_dir / f"{stem}.tif"
+        elif kind != "probs" or probability_channels == 1:
+            paths[kind] = options.out_dir / f"{stem}.png"
         else:
-            paths.update({f"probs_{k}": options.out_dir / f"{path.stem}_probs_{k}.png" for k in range(probability_channels)})
+            paths.update({f"probs_{k}": options.out_dir / f"{stem}_{k}.png" for k in range(probability_channels)})
     return paths
+
+
+def listed_outputs(targets: dict[str, Path]) -> dict[str, str]:
+    """The files a result names (not the rows kept for objects.csv)."""
+    return {kind: str(target) for kind, target in targets.items() if kind != "objects"}
 
 
 def check_collisions(targets: dict[Path, dict[str, Path]]) -> None:
@@ -117,15 +137,64 @@ def check_collisions(targets: dict[Path, dict[str, Path]]) -> None:
                 raise OutputError(f"{target}: the output would overwrite an input image; choose another -o folder")
 
 
-def prepare_out_dir(out_dir: Path) -> None:
-    """Create the output folder and check that it is writable, before any input is predicted."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"{out_dir}: cannot create the output folder ({err.strerror})") from None
-    if not os.access(out_dir, os.W_OK):
-        raise OutputError(f"{out_dir}: the output folder is not writable; choose another -o folder")
-    remove_stale_temp_files(out_dir)  # left by a predict that was killed while writing
+def prepare_out_dir(out_dir: Path, objects: bool = False) -> None:
+    """Create the output folder (and with `objects`, OUT/.objects/) and check that it is writable, before any
+    input is predicted."""
+    folders = (out_dir, out_dir / OBJECT_ROWS) if objects else (out_dir,)
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"{folder}: cannot create the output folder ({err.strerror})") from None
+        if not os.access(folder, os.W_OK):
+            raise OutputError(f"{folder}: the output folder is not writable; choose another -o folder")
+        remove_stale_temp_files(folder)  # left by a predict that was killed while writing
+
+
+def check_objects(predictor: Predictor, options: PredictOptions) -> None:
+    """--objects names classes of this model (UsageError otherwise), checked before anything is written."""
+    if "instances" in options.save:
+        object_classes(predictor.class_map, options.instances.objects)
+
+
+def _csv_bytes(rows: list[dict]) -> bytes:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode()
+
+
+def _tiff_bytes(labels: np.ndarray) -> bytes:
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, labels, compression="zlib", photometric="minisblack")
+    return buffer.getvalue()
+
+
+def write_instances(predictor: Predictor, path: Path, ids: np.ndarray, probs: np.ndarray | None, targets: dict[str, Path],
+                    options: PredictOptions) -> dict[str, int]:
+    """Label the objects of one prediction, write their rows for objects.csv and then `<stem>_instances.tif`
+    (both atomically, in that order). Returns the objects per class."""
+    class_map = predictor.class_map
+    found = label_instances(ids, class_map, options.instances)
+    write_bytes_atomic(targets["objects"], _csv_bytes(object_rows(found, class_map, probs, str(path))))
+    write_bytes_atomic(targets["instances"], _tiff_bytes(found.image()))
+    return found.counts(class_map, object_classes(class_map, options.instances.objects))
+
+
+def write_objects_table(out_dir: Path) -> Path:
+    """OUT/objects.csv from the rows of every `<stem>_instances.tif` in OUT (kept in OUT/.objects/), in file name
+    order, written atomically: a batch rerun after an interruption ends with exactly one row per object."""
+    rows = []
+    for part in sorted((out_dir / OBJECT_ROWS).glob("*_instances.csv")):
+        if (out_dir / f"{part.stem}.tif").exists():  # rows of a deleted label image are left out
+            with open(part, newline="") as handle:
+                rows.extend(csv.DictReader(handle))
+    target = out_dir / OBJECTS_CSV
+    write_bytes_atomic(target, _csv_bytes(rows))
+    return target
 
 
 def overlay(image: np.ndarray, colours: np.ndarray, ids: np.ndarray, *, alpha: float) -> np.ndarray:
@@ -142,19 +211,24 @@ def overlay(image: np.ndarray, colours: np.ndarray, ids: np.ndarray, *, alpha: f
 def write_outputs(predictor: Predictor, path: Path, image: np.ndarray, *, ids: np.ndarray, probs: np.ndarray | None,
                   options: PredictOptions) -> PredictResult:
     """Write one input's files (see output_paths); a failed write gives an error result, not an exception.
-    `probs`: the probability maps when options.save has 'probs'."""
+    `probs`: the probability maps when options.save has 'probs' or 'instances' (for the objects' mean probability)."""
     class_map = predictor.class_map
     targets = output_paths(path, options, predictor.probability_channels)
+    objects = None
     try:
         for kind, target in targets.items():
-            if kind.startswith("probs"):
+            if kind == "instances":
+                objects = write_instances(predictor, path, ids, probs, targets, options)
+            elif kind == "objects":
+                continue  # written by write_instances, before the label image
+            elif kind.startswith("probs"):
                 write_png(target, probs[0 if kind == "probs" else int(kind.removeprefix("probs_"))])
             elif kind == "mask":
                 palette = class_map.palette if class_map.mode == "palette" else None
                 write_png(target, class_map.encode(ids), palette)
             elif kind == "color":
                 write_png(target, class_map.colourise(ids))
-            else:
+            elif kind == "overlay":
                 write_png(target, overlay(image, class_map.overlay_colours, ids, alpha=options.overlay_alpha))
     except UnetcliError as err:
         return PredictResult(path, "error", error=str(err), exit_code=err.exit_code)
@@ -163,5 +237,5 @@ def write_outputs(predictor: Predictor, path: Path, image: np.ndarray, *, ids: n
     warning = None
     if fraction == 0.0:
         warning = f"{path}: the prediction is entirely {class_map.classes[0].name}; check that the image resembles the training data"
-    return PredictResult(path, "ok", {k: str(v) for k, v in targets.items()}, classes_present=[class_map.classes[i].name for i in present],
-                         foreground_fraction=round(fraction, 6), warning=warning)
+    return PredictResult(path, "ok", listed_outputs(targets), classes_present=[class_map.classes[i].name for i in present],
+                         foreground_fraction=round(fraction, 6), warning=warning, objects=objects)

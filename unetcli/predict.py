@@ -16,7 +16,18 @@ from pathlib import Path
 from .errors import DataError, UnetcliError
 from .images import read_image
 from .inputs import select_shard
-from .outputs import PredictOptions, PredictResult, check_collisions, check_save_kinds, output_paths, prepare_out_dir, write_outputs
+from .outputs import (
+    PredictOptions,
+    PredictResult,
+    check_collisions,
+    check_objects,
+    check_save_kinds,
+    listed_outputs,
+    output_paths,
+    prepare_out_dir,
+    write_objects_table,
+    write_outputs,
+)
 from .predictor import AUTO_BATCH, Predictor, match_channels
 
 PREFETCH_BYTES = 256 * 2 ** 20  # decoded images held ahead of the network: at most this much (but at least one image)
@@ -48,22 +59,26 @@ def prefetch(executor, function, items: list, *, depth: int, size_of=None, budge
 
 
 def predict_files(predictor: Predictor, paths: list[Path], options: PredictOptions) -> Iterator[PredictResult]:
-    """Predict every path; a failing input yields an error result and the batch goes on."""
+    """Predict every path; a failing input yields an error result and the batch goes on. With --save instances,
+    OUT/objects.csv is rebuilt once every input is done (objects are labelled per image in the write-behind)."""
     check_save_kinds(options.save)
+    check_objects(predictor, options)
     paths = select_shard(paths, options.shard)
     targets = {path: output_paths(path, options, predictor.probability_channels) for path in paths}
     check_collisions(targets)
-    prepare_out_dir(options.out_dir)
+    prepare_out_dir(options.out_dir, objects="instances" in options.save)
     done = {path for path in paths if options.skip_existing and all(t.exists() for t in targets[path].values())}
     for path in paths:
         if path in done:
-            yield PredictResult(path, "skipped", {k: str(v) for k, v in targets[path].items()})
+            yield PredictResult(path, "skipped", listed_outputs(targets[path]))
     yield from _predict_batches(predictor, [path for path in paths if path not in done], options)
+    if "instances" in options.save:
+        write_objects_table(options.out_dir)
 
 
 def _predict_batches(predictor: Predictor, todo: list[Path], options: PredictOptions) -> Iterator[PredictResult]:
     """Same-size images go through the network together (up to images_per_forward), images that need tiles alone."""
-    with_probs = "probs" in options.save
+    with_probs = "probs" in options.save or "instances" in options.save  # instances: each object's mean probability
     io_threads = max(2, min(8, (os.cpu_count() or 2) // 2))  # OpenCV decodes and encodes without the GIL
     with ThreadPoolExecutor(max_workers=io_threads) as readers, ThreadPoolExecutor(max_workers=io_threads) as writers:
         depth = 2 * (predictor.batch_size or AUTO_BATCH)

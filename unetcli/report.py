@@ -1,5 +1,5 @@
 """Pictures drawn with OpenCV (no plotting dependency): training curves, image | truth | prediction grids and
-the evaluation report (Dice per class, confusion matrix, worst images)."""
+the evaluation report (Dice per class, confusion matrix, object and boundary scores, worst images)."""
 
 from __future__ import annotations
 
@@ -266,14 +266,58 @@ def _worst_block(rank: int, worst, colours: np.ndarray) -> np.ndarray:
     return block
 
 
+OBJECT_ROWS = (("objects true / predicted", ("true_objects", "predicted_objects")),
+               ("F1 at IoU 0.5", ("f1_50",)), ("precision / recall at IoU 0.5", ("precision_50", "recall_50")),
+               ("DSB2018 score", ("dsb_score",)), ("splits / merges", ("splits", "merges")),
+               ("adapted Rand error", ("rand_error",)), ("VI split / merge (bits)", ("vi_split", "vi_merge")))
+OBJECT_COLUMNS = 6  # object classes drawn; the CSV and JSON have them all
+
+
+def _objects_panel(summary: dict, colours: np.ndarray) -> np.ndarray | None:
+    """A table of the object and boundary scores: one row per measure, one column per object class (at most
+    OBJECT_COLUMNS), the ISBI pixel error in its heading. None when nothing was scored as objects."""
+    objects = summary.get("objects") or {}
+    if not objects:
+        return None
+    names = list(objects)[:OBJECT_COLUMNS]
+    heading = "objects (counts summed; DSB, Rand, VI: image means)"
+    if summary.get("isbi_pixel_error") is not None:
+        heading += f"   ISBI pixel error (1 - max F) {summary['isbi_pixel_error']:.4f}"
+    label_w, col_w, row_h, top = max(_width(label, 0.45) for label, _ in OBJECT_ROWS) + 24, 150, 24, 62
+    canvas = _blank(top + row_h * len(OBJECT_ROWS) + 10, max(label_w + col_w * len(names) + 20, _width(heading, 0.6) + 20))
+    _text(canvas, heading, (10, 24), 0.6, INK)
+    class_ids = {name: k for k, name in enumerate(summary["classes"])}
+    for j, name in enumerate(names):
+        x = label_w + j * col_w
+        swatch = tuple(int(c) for c in colours[class_ids.get(name, 0) % len(colours)])
+        cv2.rectangle(canvas, (x, top - 20), (x + 12, top - 8), swatch, -1)
+        _text(canvas, _ascii(name, 16), (x + 18, top - 8), 0.45, INK)
+    for i, (label, keys) in enumerate(OBJECT_ROWS):
+        y = top + i * row_h
+        if i % 2 == 0:
+            cv2.rectangle(canvas, (6, y + 2), (canvas.shape[1] - 6, y + row_h - 2), (245, 245, 245), -1)
+        _text(canvas, label, (10, y + 17), 0.45, INK)
+        for j, name in enumerate(names):
+            cell = " / ".join(_score(objects[name][key]) for key in keys)
+            _text(canvas, cell, (label_w + j * col_w + 18, y + 17), 0.45, INK)
+    return canvas
+
+
+def _score(value) -> str:
+    return "-" if value is None else str(value) if isinstance(value, int) else f"{value:.3f}"
+
+
 def evaluation_report(summary: dict, worst: list, class_colours: list, source: str = "") -> np.ndarray:
-    """One RGB picture of an evaluation: Dice per class, the confusion matrix and the worst images."""
+    """One RGB picture of an evaluation: Dice per class, the confusion matrix, the object and boundary scores and
+    the worst images."""
     names = list(summary["classes"])
     colours = np.asarray([tuple(c) for c in class_colours] or [PALETTE[k % len(PALETTE)] for k in range(len(names))], np.uint8)
     bars, matrix = _dice_bars(summary, colours), _confusion(summary["confusion_matrix"], names)
+    objects = _objects_panel(summary, colours)
     blocks = [_worst_block(k + 1, w, colours) for k, w in enumerate(worst)]
     margin = 16
-    width = max(bars.shape[1] + matrix.shape[1] + 3 * margin, 2 * margin + max((b.shape[1] for b in blocks), default=0), 1000)
+    width = max(bars.shape[1] + matrix.shape[1] + 3 * margin, 2 * margin + max((b.shape[1] for b in blocks), default=0), 1000,
+                0 if objects is None else objects.shape[1] + 2 * margin)
     # worst images side by side as far as the width allows
     lines: list[list[np.ndarray]] = []
     for block in blocks:
@@ -281,7 +325,7 @@ def evaluation_report(summary: dict, worst: list, class_colours: list, source: s
             lines[-1].append(block)
         else:
             lines.append([block])
-    header_h, panels_h = 64, max(bars.shape[0], matrix.shape[0])
+    header_h, panels_h = 64, max(bars.shape[0], matrix.shape[0]) + (0 if objects is None else objects.shape[0] + 8)
     worst_h = 40 + sum(max(b.shape[0] for b in line) + 12 for line in lines) if blocks else 0
     canvas = _blank(header_h + panels_h + worst_h + margin, width)
     mean_iou = summary.get("mean_iou")
@@ -293,6 +337,8 @@ def evaluation_report(summary: dict, worst: list, class_colours: list, source: s
     cv2.line(canvas, (margin, header_h - 4), (width - margin, header_h - 4), LIGHT, 1)
     _paste(canvas, bars, margin, header_h)
     _paste(canvas, matrix, 2 * margin + bars.shape[1], header_h)
+    if objects is not None:
+        _paste(canvas, objects, margin, header_h + panels_h - objects.shape[0])
     if blocks:
         y = header_h + panels_h + 8
         cv2.line(canvas, (margin, y), (width - margin, y), LIGHT, 1)

@@ -149,7 +149,7 @@ def interactive(quiet: bool) -> bool:
 DataArg = Annotated[Path | None, typer.Argument(help="Folder holding images/ and masks/ (pairs match by file name).")]
 ImagesOpt = Annotated[Path | None, typer.Option("--images", help="Images folder (instead of DATA/images).")]
 MasksOpt = Annotated[Path | None, typer.Option("--masks", help="Masks folder (instead of DATA/masks).")]
-MaskModeOpt = Annotated[str, typer.Option("--mask-mode", help="auto | binary | index | palette | rgb.")]
+MaskModeOpt = Annotated[str, typer.Option("--mask-mode", help="auto | binary | index | palette | rgb | instances (object ids).")]
 IgnoreOpt = Annotated[int | None, typer.Option("--ignore-index", help="Mask value to leave out of loss and metrics.")]
 ClassMapOpt = Annotated[Path | None, typer.Option("--class-map", help=CLASS_MAP_HELP)]
 ClassesOpt = Annotated[str, typer.Option("--classes", help="Number of classes, or auto (from the masks).")]
@@ -157,6 +157,9 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cu
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 on CPUs/GPUs that have it) | fp32 | bf16 | fp16.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+
+
+INSTANCE_VALUES = {"background": "0", "object": "each object's id", "border": "(where objects touch)"}
 
 
 def class_table(class_map, class_pixels=None, ignored_pixels: int = 0) -> Table:
@@ -174,7 +177,8 @@ def class_table(class_map, class_pixels=None, ignored_pixels: int = 0) -> Table:
         return [f"{100 * count / total:.1f} %"] if class_pixels else []
 
     for i, c in enumerate(class_map.classes):
-        table.add_row(str(i), c.name, format_value(c.value), *share(class_pixels[i] if class_pixels else 0))
+        value = format_value(c.value) if class_map.mode != "instances" else INSTANCE_VALUES.get(c.name, "")
+        table.add_row(str(i), c.name, value, *share(class_pixels[i] if class_pixels else 0))
     if class_map.ignore_value is not None:
         table.add_row("-", "(ignored)", str(class_map.ignore_value), *share(ignored_pixels))
     return table

@@ -23,6 +23,7 @@ from .app import (
     QuietOpt,
     app,
     class_table,
+    fmt,
     out_console,
     run_guarded,
     say,
@@ -100,8 +101,34 @@ def evaluate(
             print(json.dumps(summary))
         else:
             out_console.print(scores_table(summary))
+            if summary.get("objects"):
+                out_console.print(objects_table(summary))
 
     run_guarded(action)
+
+
+def objects_table(summary: dict):
+    """Object and boundary scores (summary["objects"]): one row per measure, one column per object class."""
+    from rich.table import Table
+
+    def pair(entry: dict, *keys: str) -> str:
+        return " / ".join(str(entry[k]) if isinstance(entry[k], int) else fmt(entry[k]) for k in keys)
+
+    rows = {"objects: true / predicted": ("true_objects", "predicted_objects"),
+            "F1 / precision / recall at IoU 0.5": ("f1_50", "precision_50", "recall_50"),
+            "DSB2018 score (IoU 0.5-0.95)": ("dsb_score",), "splits / merges": ("splits", "merges"),
+            "adapted Rand error": ("rand_error",), "VI split / merge (bits)": ("vi_split", "vi_merge")}
+    isbi, threshold = summary.get("isbi_pixel_error"), summary.get("isbi_threshold")
+    title = "objects: counts summed over images; DSB, Rand and VI: image means"
+    if isbi is not None:
+        title += f"\nISBI pixel error (1 - max foreground F) {fmt(isbi)}" + (f" at p > {threshold:g}" if threshold is not None else "")
+    table = Table(title=title)
+    table.add_column("measure", justify="left")
+    for name in summary["objects"]:
+        table.add_column(name, justify="right")
+    for label, keys in rows.items():
+        table.add_row(label, *(pair(entry, *keys) for entry in summary["objects"].values()))
+    return table
 
 
 def _check_summary(report: dict) -> str:
@@ -153,6 +180,7 @@ def check(
             "class_pixels": scan.class_pixels,
             "ignored_pixels": scan.ignored_pixels,
             "problems": scan.problems,
+            "notes": scan.notes,
         }
         if as_json:
             print(json.dumps(report))
@@ -160,6 +188,8 @@ def check(
             out_console.print(_check_summary(report), soft_wrap=True)
             if scan.alpha:
                 out_console.print(scan.alpha.note(), soft_wrap=True)
+            for note in scan.notes:  # masks that look like object ids: read as instances, or --mask-mode instances
+                out_console.print(f"hint: {note}", soft_wrap=True, markup=False)
             if scan.class_map:
                 out_console.print(class_table(scan.class_map, scan.class_pixels, scan.ignored_pixels))
             for problem in scan.problems:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DATA, EXIT_PARTIAL, UsageError
+from ..instances import DEFAULT_MIN_SIZE
 from .app import DeviceOpt, JsonOpt, PrecisionOpt, QuietOpt, app, err_console, interactive, run_guarded, say
 
 
@@ -57,13 +58,38 @@ def render_predictions(results, *, as_json: bool, quiet: bool, total: int) -> in
     return EXIT_PARTIAL if ok or skipped else max(failure_codes)
 
 
+def options_save(save: str) -> tuple[str, ...]:
+    from ..outputs import resolve_save
+
+    return resolve_save(tuple(s.strip() for s in save.split(",") if s.strip()))
+
+
+def instance_options(objects: str | None, split: str | None, min_size: int | None, save: tuple[str, ...]):
+    """--objects, --split and --min-size, which only apply with --save instances."""
+    from ..instances import InstanceOptions, parse_objects
+
+    given = [flag for flag, value in (("--objects", objects), ("--split", split), ("--min-size", min_size)) if value is not None]
+    if given and "instances" not in save:
+        raise UsageError(f"{', '.join(given)}: only used with --save instances; add instances to --save")
+    return InstanceOptions(objects=parse_objects(objects), split="auto" if split is None else split.strip().lower(),
+                           min_size=DEFAULT_MIN_SIZE if min_size is None else min_size)
+
+
 @app.command(epilog="Example: unetcli predict runs/cells/model-best images/ -o predictions/ --save mask,overlay")
 def predict(
     model: Annotated[Path, typer.Argument(help="Model folder (or a run folder: its model-best/ is used).")],
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders, globs, @list.txt, or - for paths on stdin.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (created if missing).")],
     save: Annotated[str, typer.Option("--save", help="Files to add to the mask: comma list of color (or colour), overlay, probs (16-bit PNGs: "
-                                      "value / 65535 = probability); the mask is always written unless -mask is listed.")] = "mask",
+                                      "value / 65535 = probability), instances (<stem>_instances.tif, one id per object, and "
+                                      "OUT/objects.csv, one row per object); the mask is always written unless -mask is listed.")] = "mask",
+    objects: Annotated[str | None, typer.Option("--objects", metavar="CLASS,...", help="--save instances: the classes that are objects "
+                                                "(default: every class but the background and a border class).")] = None,
+    split: Annotated[str | None, typer.Option("--split", metavar="auto|off", help="--save instances: auto splits touching objects (by the "
+                                              "model's border class, else a watershed on the distance transform); off keeps connected "
+                                              "regions whole (default auto).")] = None,
+    min_size: Annotated[int | None, typer.Option("--min-size", metavar="PIXELS", help="--save instances: drop objects of fewer pixels "
+                                                 f"(default {DEFAULT_MIN_SIZE}).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Same-size images (or tiles) per forward pass, at most; 0: auto "
                                             "(about a quarter megapixel per pass on CPU, the fastest there; up to 8 images on GPUs).")] = 0,
     threshold: Annotated[float | None, typer.Option("--threshold", help="Foreground probability threshold (binary models).")] = None,
@@ -99,7 +125,8 @@ def predict(
         if shard is None and env.world > 1:  # under torchrun each rank takes its share
             share = (env.rank + 1, env.world)
         options = PredictOptions(out_dir=out, save=tuple(s.strip() for s in save.split(",") if s.strip()),
-                                 skip_existing=skip_existing, shard=share)
+                                 skip_existing=skip_existing, shard=share,
+                                 instances=instance_options(objects, split, min_size, options_save(save)))
         predictor = Predictor.from_folder(resolve_model_dir(model), device=device, precision=precision, tile=tile,
                                           overlap=overlap, tta=tta, threshold=threshold, batch_size=batch_size,
                                           compile_model=compile_model)
