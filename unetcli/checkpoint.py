@@ -123,6 +123,20 @@ def save_model_folder(target: Path, model, meta: ModelMeta, *, train_state: dict
     replace_folder(target, write, trial=trial)
 
 
+def copy_model_folder(source: Path, target: Path, meta: ModelMeta) -> None:
+    """A copy of the model folder `source` at `target` described by `meta` (unetcli calibrate: a new temperature),
+    written atomically; the training state is left out (the copy predicts, it does not resume). `source` is only read."""
+    source = Path(source)
+
+    def write(folder: Path) -> None:
+        for path in sorted(source.iterdir()):
+            if path.is_file() and path.name not in (META_FILE, TRAIN_STATE_FILE):
+                shutil.copy2(path, folder / path.name)
+        meta.save(folder)
+
+    replace_folder(target, write)
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     path: Path
@@ -144,6 +158,10 @@ class LoadedModel:
     @property
     def threshold(self) -> float:
         return self.meta.threshold
+
+    @property
+    def temperature(self) -> float:
+        return self.meta.temperature
 
 
 def resolve_model_dir(path: Path) -> Path:

@@ -201,12 +201,13 @@ def describe(loaded, fmt: str, file: Path, *, check: dict, versions: dict) -> di
         "dtype": "float32",
         "channels": 1 if binary else loaded.class_map.num_classes,
         "activation": "sigmoid" if binary else "softmax",
-        "class_ids": ("foreground (class 1) where sigmoid(logit) > threshold, i.e. logit > logit_threshold; "
-                      "else background (class 0)") if binary else "argmax over the channels",
+        "temperature": meta.temperature,  # calibrated probabilities: activation(logits / temperature)
+        "class_ids": ("foreground (class 1) where sigmoid(logit / temperature) > threshold, i.e. logit > "
+                      "logit_threshold; else background (class 0)") if binary else "argmax over the channels",
         "mask_values": "class id i is written as classes.classes[i].value (the training masks' own values)",
     }
     if binary:
-        output["logit_threshold"] = math.log(threshold / (1 - threshold))
+        output["logit_threshold"] = meta.temperature * math.log(threshold / (1 - threshold))
     return {
         "format": SIDECAR_FORMAT,
         "format_version": SIDECAR_VERSION,

@@ -7,7 +7,8 @@ Format versions:
   2  every entry is present; a folder made to be shared (export --format folder, weights/) holds file names
      instead of the trainer's absolute paths. Version 1 folders are upgraded when read, with the defaults
      version 1 readers used, so they predict exactly as before. `alpha_dropped` and `plan` came later within
-     version 2: a folder without them dropped no alpha channel and was not planned.
+     version 2: a folder without them dropped no alpha channel and was not planned. `temperature` and
+     `calibration` came later still (issue 14): without them a model is uncalibrated, temperature 1.0.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class ModelMeta:
     alpha_dropped: float | None = None  # the training images' constant alpha, left out of the input (RGBA inputs
     # lose their alpha, RGB ones fit as they are; see channels.py); None: no alpha channel was dropped
     plan: dict | None = None  # what the planner chose and why (planner.Plan.to_dict); None: not planned
+    temperature: float = 1.0  # probabilities are sigmoid/softmax(logits / temperature); 1.0: uncalibrated
+    calibration: dict | None = None  # how the temperature was fitted (calibration.Calibration.to_dict); None: not fitted
     input: str = INPUT_NOTE
 
     @property
@@ -80,12 +83,17 @@ class ModelMeta:
                 "input": self.input, "pipeline": self.pipeline, "tile": dataclasses.asdict(self.tile),
                 "training": self.training, "data": self.data, "epoch": self.epoch, "metrics": self.metrics,
                 "versions": self.versions, "weights_dtype": self.weights_dtype, "alpha_dropped": self.alpha_dropped,
-                "plan": self.plan}
+                "plan": self.plan, "temperature": self.temperature, "calibration": self.calibration}
         return json.loads(json.dumps(data))  # plain JSON types only (tuples become lists)
 
     def save(self, folder: Path) -> None:
         """Write unetcli.json into `folder` (a model folder being written; see checkpoint.replace_folder)."""
         (Path(folder) / META_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    def calibrated(self, fitted) -> ModelMeta:
+        """The same description with a fitted temperature (a calibration.Calibration; stored rounded to 6 digits)."""
+        info = fitted.to_dict()
+        return dataclasses.replace(self, temperature=info["temperature"], calibration=info)
 
     def shareable(self) -> ModelMeta:
         """The same description without the trainer's absolute paths: file names only (provenance kept)."""
@@ -114,7 +122,8 @@ class ModelMeta:
                    tile=TileDefaults(int(tile["size"]), float(tile["overlap"])), threshold=float(data["threshold"]),
                    training=data["training"], data=data["data"], epoch=data["epoch"], metrics=data["metrics"],
                    versions=data["versions"], weights_dtype=data["weights_dtype"], input=data["input"],
-                   alpha_dropped=data.get("alpha_dropped"), plan=data.get("plan"))
+                   alpha_dropped=data.get("alpha_dropped"), plan=data.get("plan"),
+                   temperature=float(data.get("temperature", 1.0)), calibration=data.get("calibration"))
 
 
 def _checked_version(data, file) -> dict:
@@ -168,6 +177,7 @@ def _check_entries(file, data: dict) -> ClassMap:
                       f"{len(data['classes']['classes'])} classes) needs {_expected_out_channels(data)}")
     _check_pipeline(data["pipeline"], channels, damaged)
     _check_tile(data, damaged)
+    _check_temperature(data.get("temperature", 1.0), damaged)
     alpha = data.get("alpha_dropped")
     if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))):
         raise damaged(f"alpha_dropped is {alpha!r}, not an alpha value (or null)")
@@ -194,3 +204,8 @@ def _check_tile(data: dict, damaged) -> None:
         raise damaged(f"the tile or threshold entry is invalid ({type(err).__name__}: {err})") from None
     if not is_tile_size(size) or not is_overlap(overlap) or not 0 < threshold < 1:
         raise damaged(f"tile size {size} / overlap {overlap} / threshold {threshold} are out of range")
+
+
+def _check_temperature(temperature, damaged) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
+        raise damaged(f"temperature is {temperature!r}, not a positive number")

@@ -1,7 +1,9 @@
 """The inference engine: one Predictor shared by predict, evaluate and training's validation.
 
 Whole images are reflect-padded to the network stride by the stored eval pipeline and cropped back; images
-larger than the tile are predicted in overlapping tiles whose logits are blended (see tiling.py).
+larger than the tile are predicted in overlapping tiles whose logits are blended (see tiling.py). The logits are
+divided by the model's temperature (calibration.py; 1.0 for an uncalibrated model) before anything uses them:
+probabilities, the binary threshold, objects, evaluate's scores.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class Predictor:
 
     def __init__(self, model, class_map: ClassMap, eval_pipeline, *, in_channels: int, device, precision,
                  threshold: float = DEFAULT_THRESHOLD, tile: int | None = None, overlap: float = DEFAULT_OVERLAP, tta: bool = False,
-                 batch_size: int = 0, compile_model: bool = False):
+                 batch_size: int = 0, compile_model: bool = False, temperature: float = 1.0):
         import torch
 
         self.torch = torch
@@ -72,6 +74,7 @@ class Predictor:
         self.overlap = overlap
         self.tta = tta  # average over horizontal, vertical and both flips
         self.batch_size = batch_size  # images per forward pass at most; 0: auto (see images_per_forward)
+        self.temperature = temperature  # logits / temperature: calibrated probabilities (calibration.py)
         memory_format = torch.channels_last if precision.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=memory_format)
         self.compiled = None  # torch.compile'd model (--compile); compiled at the first call, eager if that fails
@@ -108,7 +111,7 @@ class Predictor:
                    threshold=loaded.threshold if threshold is None else check_threshold(threshold),
                    tile=parse_tile(tile, defaults.size),
                    overlap=defaults.overlap if overlap is None else check_overlap(overlap), tta=tta,
-                   batch_size=batch_size, compile_model=compile_model)
+                   batch_size=batch_size, compile_model=compile_model, temperature=loaded.temperature)
 
     def preprocess(self, image: np.ndarray, path: Path | str = "image") -> np.ndarray:
         """H x W x C stored image -> C x H' x W' float32, normalised and padded to the stride."""
@@ -118,7 +121,8 @@ class Predictor:
         return to_network_input(self.pipeline, to_unit_range(image))[0]
 
     def logits(self, batch: np.ndarray, height: int, width: int):
-        """Padded batch (N, C, H', W') -> float32 logits cropped back to (N, K, height, width), on CPU."""
+        """Padded batch (N, C, H', W') -> float32 logits cropped back to (N, K, height, width), on CPU, divided by
+        the temperature."""
         torch = self.torch
         x = torch.from_numpy(batch).to(self.device, non_blocking=True)
         if self.precision.channels_last:
@@ -130,7 +134,8 @@ class Predictor:
                 out = sum(self._flipped(self._forward(self._flipped(x, dims)).float(), dims) for dims in flips) / len(flips)
             else:
                 out = self._forward(x)
-        return out[:, :, :height, :width].float().cpu()
+        out = out[:, :, :height, :width].float().cpu()
+        return out / self.temperature if self.temperature != 1.0 else out
 
     def _forward(self, x):
         if self.compiled is not None:
@@ -202,12 +207,6 @@ class Predictor:
         if not self.needs_tiles(image):
             ids, maps = self.predict_batch_maps([image], probs)
             return ids[0], None if maps is None else maps[0]
-        grid = plan_tiles(image.shape[0], image.shape[1], self.tile, self.overlap)
-
-        def forward(tiles: list[np.ndarray]) -> np.ndarray:
-            batch = np.stack([self.preprocess(tile, path) for tile in tiles])
-            return self.logits(batch, grid.tile_height, grid.tile_width).numpy()
-
         ids = np.zeros(image.shape[:2], np.uint8)
         maps = np.zeros((self.probability_channels, *image.shape[:2]), np.uint16) if probs else None
 
@@ -216,9 +215,33 @@ class Predictor:
             if maps is not None:
                 maps[:, top: top + logits.shape[1]] = self.probabilities(logits, axis=0)
 
+        self._tiled(image, path, take_rows)
+        return ids, maps
+
+    def image_logits(self, image: np.ndarray, path: Path | str = "image") -> np.ndarray:
+        """One stored image -> its logits (K, H, W) float32 (divided by the temperature), whole or overlap-tiled
+        as `predict_image_maps` computes them (unetcli calibrate)."""
+        image = match_channels(image, self.in_channels, path)
+        if not self.needs_tiles(image):
+            return self.logits(self.preprocess(image, path)[None], *image.shape[:2])[0].numpy()
+        out = np.zeros((self.probability_channels, *image.shape[:2]), np.float32)
+
+        def take_rows(top: int, logits: np.ndarray) -> None:
+            out[:, top: top + logits.shape[1]] = logits
+
+        self._tiled(image, path, take_rows)
+        return out
+
+    def _tiled(self, image: np.ndarray, path: Path | str, take_rows) -> None:
+        """Predict `image` in overlapping tiles; `take_rows(top, logits)` receives the blended (K, rows, W) logits."""
+        grid = plan_tiles(image.shape[0], image.shape[1], self.tile, self.overlap)
+
+        def forward(tiles: list[np.ndarray]) -> np.ndarray:
+            batch = np.stack([self.preprocess(tile, path) for tile in tiles])
+            return self.logits(batch, grid.tile_height, grid.tile_width).numpy()
+
         per_forward = self.images_per_forward(grid.tile_height, grid.tile_width)
         blend(MirroredImage(image, grid), grid, forward, self.probability_channels, take_rows, per_forward)
-        return ids, maps
 
     def _ids_from_blended(self, logits: np.ndarray) -> np.ndarray:
         """(K, rows, W) blended logits -> (rows, W) ids; same rule as `ids_from_logits`."""

@@ -2,7 +2,9 @@
 
 One epoch = `samples_per_epoch` random crops (at least one per training image). After each epoch the
 whole validation images are predicted exactly as `unetcli predict` would (same Predictor), scored, and
-`model-last/` (with the full training state) and, when the score improved, `model-best/` are written.
+`model-last/` (with the full training state) and, when the score improved, `model-best/` are written. A
+temperature is fitted on a sample of the validation pixels' logits of each epoch (calibration.py; no extra
+pass) and stored with that epoch's model folders; without validation the models keep temperature 1.0.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from .calibration import EPOCH_FIT_PIXELS, PixelSample
 from .errors import CompileFailedWarning, SaveFailedError, UnetcliError, UnetcliWarning, first_line
 from .images import encode_png
 from .masks import ClassMap
 from .metrics import confusion_matrix, counts_from_confusion, nanmean, scores_from_counts
+from .modelmeta import ModelMeta
 from .options import TrainOptions
 from .report import example_grid
 from .runfolder import epoch_row, row_metrics, write_history, write_run_yaml
@@ -95,6 +99,7 @@ class TrainingDone:
     best_score: float
     reason: str  # 'completed' | 'early stop' | 'time limit'
     metrics: dict = field(default_factory=dict)
+    calibration: dict | None = None  # model-best's fitted temperature (calibration.Calibration.to_dict); None: not fitted
 
 
 def _learning_rate(base: float, progress: float, warmup: float = 0.03) -> float:
@@ -108,9 +113,10 @@ def _learning_rate(base: float, progress: float, warmup: float = 0.03) -> float:
 EXAMPLES = 4  # validation images shown in model-best/val_examples.png
 
 
-def validate(predictor, samples, loss_fn, *, num_classes: int) -> tuple[float, np.ndarray, list]:
+def validate(predictor, samples, loss_fn, *, num_classes: int, pixels=None) -> tuple[float, np.ndarray, list]:
     """Mean loss over validation images, their summed confusion matrix, and (image, truth, prediction) for
-    the first few. Images are predicted whole, as `predict` does for images that fit a tile."""
+    the first few. Images are predicted whole, as `predict` does for images that fit a tile. `pixels` (a
+    calibration.PixelSample) gathers a sample of the logits and labels for the temperature fit."""
     import torch
 
     matrix = np.zeros((num_classes, num_classes), np.int64)
@@ -120,6 +126,8 @@ def validate(predictor, samples, loss_fn, *, num_classes: int) -> tuple[float, n
         logits = predictor.logits(predictor.preprocess(sample.image)[None], height, width)
         target = torch.from_numpy(sample.mask.astype(np.int64))[None]
         losses.append(float(loss_fn(logits, target)))
+        if pixels is not None:
+            pixels.add(logits[0].numpy(), sample.mask)
         pred = predictor.ids_from_logits(logits)[0]
         matrix += confusion_matrix(pred, sample.mask, num_classes)
         if len(examples) < EXAMPLES:
@@ -155,7 +163,16 @@ def train(options: TrainOptions) -> Iterator:
         session.stop.restore()
         session.dist.close()
     progress = session.progress
-    yield TrainingDone(session.run_dir, progress.best_epoch, progress.best_score, reason, progress.best_metrics)
+    yield TrainingDone(session.run_dir, progress.best_epoch, progress.best_score, reason, progress.best_metrics,
+                       calibration=_best_calibration(session))
+
+
+def _best_calibration(session: TrainingSession) -> dict | None:
+    """How model-best/'s temperature was fitted (None: not fitted, i.e. no validation set)."""
+    from .checkpoint import read_meta
+
+    best = session.run_dir / "model-best"
+    return read_meta(best).calibration if session.dist.main and best.is_dir() else None
 
 
 def _epochs(session: TrainingSession) -> Generator[Any, None, str]:
@@ -200,7 +217,8 @@ def _stop_if_requested(session: TrainingSession, epoch: int) -> None:
     """Within an epoch, on a stop request (on any rank): save model-last/ as of the last epoch and stop."""
     progress = session.progress
     if session.dist.any(session.stop.requested is not None):
-        _save_last(session, progress.history[-1] if progress.history else {})
+        metrics = progress.history[-1] if progress.history else {}  # mid-epoch weights: no temperature fitted for them
+        _save_last(session, dataclasses.replace(session.meta, epoch=progress.epoch, metrics=metrics))
         raise TrainingInterrupted(
             f"interrupted ({session.stop.requested or 'by another rank'}) in epoch {epoch}; model-last/ holds the "
             f"state after {progress.step} steps. Resume with: unetcli train --resume {session.run_dir}")
@@ -260,44 +278,46 @@ def _end_epoch(session: TrainingSession, epoch: int, running: list[float], *, lr
     """Validate (rank 0), record the epoch, write model-best/ (when it improved), model-last/ and the history."""
     dist, class_map = session.dist, session.class_map
     train_loss = dist.mean(float(np.mean(running)))
-    val_loss, dice, iou, score, examples = None, [], [], -train_loss, []
+    val_loss, dice, iou, score, examples, calibration = None, [], [], -train_loss, [], None
     if session.data.val_scan is not None and dist.main:
         count = len(session.data.val_scan.samples)
         yield Phase("validating", epoch, f"{count} image{'' if count == 1 else 's'}")
+        pixels = PixelSample(count, class_map.is_binary, EPOCH_FIT_PIXELS)
         val_loss, matrix, examples = validate(session.predictor, session.data.val_scan.samples, session.loss_fn,
-                                              num_classes=class_map.num_classes)
+                                              num_classes=class_map.num_classes, pixels=pixels)
         scores = scores_from_counts(counts_from_confusion(matrix))
         dice, iou = [float(v) for v in scores["dice"]], [float(v) for v in scores["iou"]]
         score = nanmean(dice)
+        calibration = pixels.calibrate(source=f"validation set, epoch {epoch}")
     seconds = time.monotonic() - epoch_start
     row = epoch_row(epoch, train_loss, val_loss, lr=lr, seconds=seconds, names=class_map.names, dice=dice, iou=iou)
     is_best = session.progress.end_epoch(row, score, session.options.min_delta)
     if dist.main:
         yield Phase("saving", epoch, "model-best/, model-last/" if is_best else "model-last/")
+        meta = dataclasses.replace(session.meta, epoch=session.progress.epoch, metrics=row_metrics(row))
+        meta = meta.calibrated(calibration) if calibration is not None else meta
         if is_best:
-            _save_best(session, row_metrics(row), examples)
-        _save_last(session, row_metrics(row))
+            _save_best(session, meta, examples)
+        _save_last(session, meta)
         write_history(session.run_dir, session.progress.history)
     return EpochDone(epoch, session.options.epochs, train_loss, val_loss, dice, iou, score, is_best, lr, seconds)
 
 
-def _save_best(session: TrainingSession, metrics: dict, examples: list) -> None:
+def _save_best(session: TrainingSession, meta: ModelMeta, examples: list) -> None:
     """model-best/, with a grid of the first validation images, their truth and prediction."""
     from .checkpoint import save_model_folder
 
     colours = session.class_map.colourise(np.arange(session.class_map.num_classes, dtype=np.uint8))
     grid = {"val_examples.png": encode_png(example_grid(examples, colours))} if examples else {}
-    meta = dataclasses.replace(session.meta, epoch=session.progress.epoch, metrics=metrics)
     _saved(session, "model-best/",
            lambda: save_model_folder(session.run_dir / "model-best", session.model, meta, extra_files=grid))
 
 
-def _save_last(session: TrainingSession, metrics: dict) -> None:
+def _save_last(session: TrainingSession, meta: ModelMeta) -> None:
     """model-last/ with the training state that --resume continues from exactly (rank 0 only)."""
     from .checkpoint import save_model_folder
 
     if session.dist.main:
-        meta = dataclasses.replace(session.meta, epoch=session.progress.epoch, metrics=metrics)
         state = _train_state(session)
         _saved(session, "model-last/", lambda: save_model_folder(session.run_dir / "model-last", session.model, meta, train_state=state))
 

@@ -38,6 +38,13 @@ def info(
         out_console.print(f"normalisation: mean {config['mean']}, std {config['std']} (after scaling to [0, 1])")
         steps = [t["__class_fullname__"] for t in meta.pipeline["eval"]["transform"]["transforms"]]
         out_console.print(f"eval pipeline: {' -> '.join(steps)}")
+        fit = meta.calibration
+        out_console.print(f"temperature {meta.temperature:g}" + (
+            f" (fitted on {fit.get('source') or 'validation'}: ECE {fit.get('ece_before')} -> {fit.get('ece_after')})"
+            if fit else " (uncalibrated)"))
+        if meta.plan:
+            choices = meta.plan.get("choices", {})
+            out_console.print("planned: " + ", ".join(f"{k} {v}" for k, v in choices.items()))
         if meta.metrics:
             out_console.print("metrics at save: " + ", ".join(f"{k} {v}" for k, v in meta.metrics.items() if v != ""))
         out_console.print("versions: " + ", ".join(f"{k} {v}" for k, v in meta.versions.items()))

@@ -93,11 +93,22 @@ def train(**values) -> None:
             return
         if as_json:
             print(json.dumps({"event": "done", "run": str(done.run_dir), "best_epoch": done.best_epoch,
-                              "reason": done.reason, "metrics": done.metrics}))
+                              "reason": done.reason, "metrics": done.metrics, "calibration": done.calibration}))
         elif not quiet:
             err_console.print(f"done ({done.reason}); best epoch {done.best_epoch}: {done.run_dir / 'model-best'}")
+            err_console.print(calibration_line(done.calibration), markup=False)
 
     run_guarded(action)
+
+
+def calibration_line(calibration: dict | None) -> str:
+    """What train says about model-best's temperature at the end."""
+    if not calibration:
+        return ("calibration: none (no validation set): probabilities are the raw sigmoid/softmax, temperature 1.0; "
+                "unetcli calibrate MODEL DATA -o NEW fits one on labelled images")
+    return (f"calibration: temperature {calibration['temperature']:.3f} fitted on {calibration['pixels']} validation pixels; "
+            f"ECE {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}, "
+            f"Brier {calibration['brier_before']:.4f} -> {calibration['brier_after']:.4f}")
 
 
 def _data_ready(event, quiet: bool, as_json: bool):
