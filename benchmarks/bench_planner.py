@@ -12,6 +12,7 @@ line per run and writes a JSON of every figure plus a picture of pixel error aga
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -23,8 +24,8 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_end_to_end import check, evaluate, load_snapshot, log, machine_facts, run_cli, split_membrane  # noqa: E402
-from membrane import MEMBRANE  # noqa: E402
+from bench_end_to_end import check, evaluate, load_snapshot, log, machine_facts, run_cli, split_membrane
+from membrane import MEMBRANE
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = {"planner": [], "defaults": ["--no-plan"]}
@@ -91,7 +92,7 @@ def draw(runs: list[dict], title: str) -> np.ndarray:
         means = [(m, float(np.mean([r["pixel_error"] for r in runs if r["config"] == config and r["minutes"] == m])))
                  for m in budgets if any(r["config"] == config and r["minutes"] == m for r in runs)]
         points = [point(m, e) for m, e in means]
-        for a, b in zip(points, points[1:]):
+        for a, b in itertools.pairwise(points):
             cv2.line(canvas, a, b, colour, 2, cv2.LINE_AA)
         for p in points:
             cv2.circle(canvas, p, 4, colour, -1, cv2.LINE_AA)

@@ -143,3 +143,13 @@ def test_a_planned_train_uses_and_records_the_plan(planner_data, tmp_path):
     # the run's run.yaml retrains it exactly: every option is given, nothing is planned again
     again = ok(cli("train", "--config", run / "run.yaml", "-o", tmp_path / "again"))
     assert "plan:" not in again.stderr
+
+
+def test_object_id_masks_get_the_border_weight_map_unless_the_user_says_otherwise():
+    import dataclasses
+
+    fp = dataclasses.replace(fingerprint(40), instances=True)
+    assert plan_for(TrainOptions(time_limit=600.0), SLOW, fp).choices["border_weight"] is True
+    assert "border_weight" not in plan_for(TrainOptions(time_limit=600.0), SLOW).choices
+    off = plan_for(TrainOptions.from_values({"time_limit": 600, "border_weight": False}), SLOW, fp)
+    assert off.choices["border_weight"] is False and off.reasons["border_weight"] == "set by you"
