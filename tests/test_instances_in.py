@@ -8,52 +8,13 @@ import json
 import numpy as np
 import pytest
 import tifffile
-from helpers import TINY_TRAIN, cli, ok, read_values, user_error, write_image, write_multiclass_dataset
+from helpers import (TINY_TRAIN, cli, ok, read_values, touching_discs, user_error, write_image, write_label_dataset,
+                     write_multiclass_dataset)
 
 from unetcli.images import read_mask
 from unetcli.instance_masks import object_classes
 from unetcli.masks import ClassMap
 from unetcli.weightmap import border_weight_map
-
-
-def touching_discs(rng: np.random.Generator, size=(80, 96), pairs=3, singles=3) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 image, uint16 ids): `pairs` pairs of discs touching along a short line, `singles` isolated discs
-    (fewer when they do not fit). Discs are bright in the middle and dim at the rim."""
-    height, width = size
-    discs: list[tuple[float, float, float]] = []
-    for group in [2] * pairs + [1] * singles:
-        for _ in range(300):
-            r1, r2 = rng.uniform(7, 10, 2)
-            y, x = rng.uniform(r1 + 1, height - r1 - 1), rng.uniform(r1 + 1, width - r1 - 1)
-            new = [(y, x, r1)]
-            if group == 2:
-                angle = rng.uniform(0, 2 * np.pi)
-                new.append((y + (r1 + r2 - 2.5) * np.sin(angle), x + (r1 + r2 - 2.5) * np.cos(angle), r2))
-            inside = all(r + 1 < cy < height - r - 1 and r + 1 < cx < width - r - 1 for cy, cx, r in new)
-            if inside and all(np.hypot(cy - oy, cx - ox) > r + orr + 4 for cy, cx, r in new for oy, ox, orr in discs):
-                discs += new
-                break
-    yy, xx = np.mgrid[:height, :width].astype(np.float32)
-    scores = np.stack([np.hypot(yy - cy, xx - cx) / r for cy, cx, r in discs])
-    best = scores.min(axis=0)
-    ids = np.where(best < 1, scores.argmin(axis=0) + 1, 0).astype(np.uint16)
-    image = np.where(best < 1, 90 + 130 * np.sqrt(np.clip(1 - best**2, 0, 1)), 40) + rng.normal(0, 6, ids.shape)
-    return np.clip(image, 0, 255).astype(np.uint8), ids
-
-
-def write_label_dataset(folder, count=4, seed=0, ext=".png", dtype=np.uint16, **layout):
-    """DATA/images + DATA/masks holding instance label images (ids 1..N per image, N varies)."""
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        image, ids = touching_discs(rng, pairs=3 + i % 2, **layout)
-        write_image(folder / "images" / f"cells_{i}.png", image)
-        path = folder / "masks" / f"cells_{i}{ext}"
-        if ext == ".tif":
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tifffile.imwrite(path, ids.astype(dtype), compression="zlib")
-        else:
-            write_image(path, ids.astype(dtype))
-    return folder
 
 
 def write_dsb_dataset(folder, count=3, seed=0):
