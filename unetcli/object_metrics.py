@@ -25,33 +25,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .instances import components, label_instances, object_classes  # 4-connected regions and object classes, as predict has them
 from .masks import IGNORE_ID
 from .metrics import nanmean
 
-# 4-connectivity (skimage connectivity=1) for truth and prediction alike: a one-pixel boundary drawn with diagonal
-# steps (an EM membrane, the gap predict leaves between touching objects, a border class) keeps the regions on its
-# two sides apart; with 8-connectivity they would touch across every diagonal step and merge. The cost, an object
-# joined only by a diagonal pixel counting as two, is rare in filled masks.
-CONNECTIVITY = 1
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))  # the DSB2018 score's 0.5, 0.55, ..., 0.95
 SPLIT_SHARE = 0.1  # a predicted object counts towards a split or merge of a true object covering > 10 % of it
 FIELDS = ("true_objects", "predicted_objects", "count_error", "matched_50", "precision_50", "recall_50", "f1_50",
           "dsb_score", "splits", "merges", "rand_error", "rand_precision", "rand_recall", "vi_split", "vi_merge")
-
-
-def components(mask: np.ndarray) -> np.ndarray:
-    """Connected components of a boolean mask (4-connectivity, see CONNECTIVITY): 0 = background, 1..n."""
-    from skimage.measure import label
-
-    return label(np.asarray(mask, bool), connectivity=CONNECTIVITY)
-
-
-def object_classes(class_map) -> list[int]:
-    """The class ids that are objects, as `predict --save instances` has them by default: every class but the
-    background (binary: the foreground) and the border class of a model trained from instance masks."""
-    from .instances import object_classes as predict_objects
-
-    return list(predict_objects(class_map, None))
 
 
 def truth_labels(raw_mask, class_ids: np.ndarray, class_map) -> dict[int, np.ndarray]:
@@ -60,18 +41,16 @@ def truth_labels(raw_mask, class_ids: np.ndarray, class_map) -> dict[int, np.nda
     `class_ids` otherwise. `raw_mask` is the mask as stored (a RawMask); ignored pixels are background."""
     if class_map.mode == "instances":
         ids = np.asarray(raw_mask.values).astype(np.int64)
-        return {c: np.where((class_ids == 0) | (class_ids == IGNORE_ID), 0, ids) for c in object_classes(class_map)}
-    return {c: components(class_ids == c) for c in object_classes(class_map)}
+        return {c: np.where((class_ids == 0) | (class_ids == IGNORE_ID), 0, ids) for c in object_classes(class_map, None)}
+    return {c: components(class_ids == c) for c in object_classes(class_map, None)}
 
 
 def prediction_labels(pred_ids: np.ndarray, class_map) -> dict[int, np.ndarray]:
     """The predicted objects, one label image per object class: what `predict --save instances` writes with its
     defaults (instances.label_instances: --split auto, --min-size 16), so that evaluate scores those objects."""
-    from .instances import label_instances
-
     found = label_instances(pred_ids, class_map)
     object_class = found.classes[found.labels]
-    return {c: np.where(object_class == c, found.labels, 0) for c in object_classes(class_map)}
+    return {c: np.where(object_class == c, found.labels, 0) for c in object_classes(class_map, None)}
 
 
 def prediction_regions(pred_ids: np.ndarray, classes) -> dict[int, np.ndarray]:
