@@ -7,6 +7,8 @@ line per run and writes a JSON of every figure plus a picture of pixel error aga
 
     python benchmarks/bench_planner.py --minutes 2 5 10 --seeds 0 --isa avx2
     (--isa avx2: fp32 with oneDNN limited to AVX2, standing in for a laptop CPU without bf16)
+    python benchmarks/bench_planner.py --dataset rgb --minutes 2 5 --out benchmarks/results/planner_rgb.json
+    (--dataset rgb: the generated RGB four-class set of synthetic_rgb.py, so the rules are not tuned to membrane)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_end_to_end import check, evaluate, load_snapshot, log, machine_facts, run_cli, split_membrane
 from membrane import MEMBRANE
+from synthetic_rgb import split_rgb
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = {"planner": [], "defaults": ["--no-plan"]}
@@ -105,6 +108,7 @@ def draw(runs: list[dict], title: str) -> np.ndarray:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--membrane", type=Path, default=MEMBRANE)
+    parser.add_argument("--dataset", choices=("membrane", "rgb"), default="membrane")
     parser.add_argument("--minutes", type=float, nargs="+", default=[2, 5, 10])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--isa", choices=("native", "avx2"), default="native")
@@ -114,7 +118,10 @@ def main() -> int:
     env = dict(os.environ)
     if args.isa == "avx2":
         env.update(UNETCLI_PRECISION="fp32", ONEDNN_MAX_CPU_ISA="AVX2")
-    train_dir, test_dir = split_membrane(args.membrane, args.workdir / "data")
+    if args.dataset == "rgb":
+        train_dir, test_dir = split_rgb(args.workdir / "data")
+    else:
+        train_dir, test_dir = split_membrane(args.membrane, args.workdir / "data")
     runs = []
     start = load_snapshot()
     for minutes in args.minutes:
@@ -129,10 +136,14 @@ def main() -> int:
     precision = "fp32 (oneDNN limited to AVX2)" if args.isa == "avx2" else machine_facts()["precision_auto"]
     result = {"command": "python benchmarks/bench_planner.py " + " ".join(sys.argv[1:]), "cpu": cpu,
               "precision": precision, "machine": machine_facts(), "load_start": start, "load_end": load_snapshot(),
-              "when": time.strftime("%Y-%m-%d"), "train_slices": "0-24", "test_slices": "25-29", "runs": runs}
+              "when": time.strftime("%Y-%m-%d"), "dataset": args.dataset,
+              **({"train_slices": "0-24", "test_slices": "25-29"} if args.dataset == "membrane" else
+                 {"train_pairs": 40, "test_pairs": 10, "generator": "benchmarks/synthetic_rgb.py"}),
+              "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    title = f"membrane 25-29, {cpu['cpu_model']} ({cpu['isa']}), {precision}"
+    held_out = "membrane 25-29" if args.dataset == "membrane" else "RGB 4-class test set"
+    title = f"{held_out}, {cpu['cpu_model']} ({cpu['isa']}), {precision}"
     cv2.imwrite(str(args.out.with_suffix(".png")), draw(runs, title)[:, :, ::-1])
     log(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0

@@ -208,13 +208,13 @@ def enough(schedule_: Schedule, crop: int) -> bool:
 
 
 def choose(rates: dict[Candidate, float], schedules: dict[Candidate, Schedule], crop: int) -> tuple[Candidate, str]:
-    """The largest candidate timed that trains on ENOUGH_CROPS (in 256-px crop equivalents), else the fastest."""
+    """The largest candidate timed that trains on ENOUGH_CROPS (in 256-px crop equivalents), else the fastest;
+    with the reason's wording (the crop count is filled in once the final schedule is known)."""
     fine = [c for c in CANDIDATES if c in rates and enough(schedules[c], crop)]
     if fine:
-        best = fine[0]
-        return best, f"{rates[best]:.1f} crops/s here: {schedules[best].crops} crops in the budget, enough"
+        return fine[0], "{rate:.1f} crops/s here: {crops} crops in the budget, enough"
     best = max(rates, key=lambda c: schedules[c].crops)
-    return best, f"{rates[best]:.1f} crops/s here, the fastest candidate: {schedules[best].crops} crops in the budget"
+    return best, "{rate:.1f} crops/s here, the fastest candidate: {crops} crops in the budget"
 
 
 def make_plan(fp: Fingerprint, options: TrainOptions, *, device, precision, out_channels: int, timer=time_steps) -> Plan:
@@ -237,9 +237,10 @@ def make_plan(fp: Fingerprint, options: TrainOptions, *, device, precision, out_
         schedules[candidate] = schedule(fp, options, rate=rates[candidate], crop=crop, batch=batch, budget=left)
         if not enough(schedules[candidate], crop):
             break
-    model, model_reason = choose(rates, schedules, crop)
+    model, model_wording = choose(rates, schedules, crop)
     left = budget - (time.monotonic() - started)  # after every probe
     plan_schedule = schedule(fp, options, rate=rates[model], crop=crop, batch=batch, budget=left)
+    model_reason = model_wording.format(rate=rates[model], crops=plan_schedule.crops)
     light = plan_schedule.crops * (crop / 256) ** 2 < LIGHT_AUGMENT_BELOW
     choices = {"encoder": model.encoder, "decoder_width": model.decoder_width, "crop": crop, "batch_size": batch,
                "epochs": plan_schedule.epochs, "samples_per_epoch": plan_schedule.samples_per_epoch,
