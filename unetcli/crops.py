@@ -10,29 +10,30 @@ from .weightmap import border_weight_map
 
 
 class CropDataset:
-    """Random training crops: the train pipeline applied to cached, [0, 1]-scaled images (and, with
-    border weights, to each mask's precomputed weight map)."""
+    """Random training crops: the train pipeline applied to the pairs of a sample store (cache.py), each image
+    scaled to [0, 1] as it is drawn; with border weights, also to each mask's weight map (the U-Net paper's),
+    computed once per mask for a store held in memory and as each crop is drawn for a streaming one."""
 
-    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], pipeline, *, length: int,
-                 weights: list[np.ndarray] | None = None):
-        self.images, self.masks, self.weights, self.pipeline, self.length = images, masks, weights, pipeline, length
-
-    @classmethod
-    def from_samples(cls, samples: list, pipeline, *, length: int, border: tuple[float, float] | None = None) -> CropDataset:
-        """From decoded samples (`data.Sample`); `border` = (w0, sigma) adds the U-Net paper's weight maps,
-        computed once per mask here (from the object ids of instance masks)."""
-        masks = [s.mask for s in samples]
-        weights = None if border is None else [border_weight_map(s.mask, *border, objects=s.objects) for s in samples]
-        return cls([to_unit_range(s.image) for s in samples], masks, pipeline, length=length, weights=weights)
+    def __init__(self, store, pipeline, *, length: int, border: tuple[float, float] | None = None):
+        self.store, self.pipeline, self.length, self.border = store, pipeline, length, border
+        self.weights = None
+        if border is not None and store.in_memory:
+            self.weights = [border_weight_map(s.mask, *border, objects=s.objects) for s in store]
 
     def __len__(self) -> int:
         return self.length
 
+    def _weight(self, index: int, sample) -> np.ndarray:
+        if self.weights is not None:
+            return self.weights[index]
+        return border_weight_map(sample.mask, *self.border, objects=sample.objects)
+
     def __getitem__(self, index: int):
         import torch
 
-        i = index % len(self.images)
-        extra = {"weight": self.weights[i]} if self.weights is not None else {}
-        image, out = to_network_input(self.pipeline, self.images[i], mask=self.masks[i], **extra)
-        weight = torch.from_numpy(np.ascontiguousarray(out["weight"])) if self.weights is not None else torch.ones(())
+        i = index % len(self.store)
+        sample = self.store[i]
+        extra = {"weight": self._weight(i, sample)} if self.border is not None else {}
+        image, out = to_network_input(self.pipeline, to_unit_range(sample.image), mask=sample.mask, **extra)
+        weight = torch.from_numpy(np.ascontiguousarray(out["weight"])) if self.border is not None else torch.ones(())
         return torch.from_numpy(image), torch.from_numpy(out["mask"]).long(), weight

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .channels import AlphaCheck, alpha_range, check_alpha, match_channels
 from .errors import DataError, UsageError
-from .images import RawMask, exif_rotates, is_image_file, read_image, read_mask, to_unit_range
-from .instance_masks import instance_signs, object_ids, read_object_masks
-from .mask_modes import infer_class_map
-from .masks import IGNORE_ID, ClassMap, MaskStats, mask_stats
+from .images import RawMask, exif_rotates, is_image_file, read_image, read_mask
+from .instance_masks import read_object_masks
 
 IMAGE_FOLDER_NAMES = ("images", "image", "imgs", "img")
 MASK_FOLDER_NAMES = ("masks", "mask", "labels", "label", "gt", "annotations")
@@ -26,6 +23,8 @@ class Pair:
     stem: str
     image: Path
     mask: Path
+    page: int | None = None  # a page of a TIFF stack (stacks.py): image page `page`, stem `<stem>[<page>]`
+    mask_page: int | None = None  # the mask stack's page; None: `mask` is one image (or a per-page mask file)
 
 
 def resolve_layout(data: Path | None, images: Path | None = None, masks: Path | None = None) -> tuple[Path, Path]:
@@ -56,8 +55,15 @@ def resolve_layout(data: Path | None, images: Path | None = None, masks: Path | 
     return folders
 
 
-def list_image_files(folder: Path) -> list[Path]:
-    """Image files directly inside a folder (not recursive, hidden files skipped), sorted by name."""
+def list_image_files(folder: Path, *, keep_unreadable: bool = False) -> list[Path]:
+    """Image files directly inside a folder (not recursive, hidden files skipped), sorted by name. Entries named
+    like images that are no readable file (a dangling symlink, a folder `x.png/`) are not skipped silently: each
+    is a warning, or with `keep_unreadable` kept in the list, for a caller that reports each input's failure
+    (predict)."""
+    import warnings
+
+    from .errors import UnetcliWarning
+
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as err:
@@ -65,12 +71,18 @@ def list_image_files(folder: Path) -> list[Path]:
     files = []
     for entry in entries:
         path = Path(entry.path)
+        if not is_image_file(path):
+            continue
         try:
             regular = entry.is_file()  # follows symlinks; a symlink loop raises or returns False
         except OSError:
             regular = False
-        if regular and is_image_file(path):
+        if regular or keep_unreadable:
             files.append(path)
+            continue
+        what = ("a symbolic link to a missing file" if entry.is_symlink() and not path.exists()
+                else "a folder" if entry.is_dir() else "not a regular file")
+        warnings.warn(UnetcliWarning(f"{path}: skipped, {what} named like an image; remove or rename it"), stacklevel=2)
     return files
 
 
@@ -113,7 +125,10 @@ def pair_files(image_files: list[Path], mask_files: list[Path], images_dir: Path
         if mask_stem is not None:
             used.add(mask_stem)
             pairs.append(Pair(stem, image, masks[mask_stem]))
-    lonely_images = sorted(p.name for s, p in images.items() if s not in {q.stem for q in pairs})
+        elif (Path(masks_dir) / stem).is_dir():  # a stack's folder of per-page masks (stacks.expand_stacks)
+            pairs.append(Pair(stem, image, Path(masks_dir) / stem))
+    paired = {q.stem for q in pairs}
+    lonely_images = sorted(p.name for s, p in images.items() if s not in paired)
     lonely_masks = sorted(masks[s].name for s in masks if s not in used)
     if lonely_images or lonely_masks:
         parts = []
@@ -124,7 +139,9 @@ def pair_files(image_files: list[Path], mask_files: list[Path], images_dir: Path
         raise DataError(
             "; ".join(parts) + ". Pairs match by file name without extension; rename or remove the odd files"
         )
-    return pairs
+    from .stacks import expand_stacks
+
+    return expand_stacks(pairs)
 
 
 def object_layout(data: Path) -> list[Path] | None:
@@ -164,17 +181,30 @@ def object_pairs(folders: list[Path]) -> list[Pair]:
     return pairs
 
 
-def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """A seeded random split; at least one validation pair when val_fraction > 0 and there are 2+ pairs."""
+def split_pairs(pairs: list[Pair], val_fraction: float, seed: int, *, fold: int = 0,
+                folds: int = 1) -> tuple[list[Pair], list[Pair]]:
+    """A seeded random split; at least one validation pair when val_fraction > 0 and there are 2+ pairs. With
+    `fold` k of `folds` K (cross-validation) the validation pairs are every K-th pair of the same seeded shuffle from
+    the k-th on instead (val_fraction unused): the K folds' validation sets partition the pairs, sizes within one."""
     if not 0 <= val_fraction < 1:
         raise UsageError(f"--val-split {val_fraction} must be in [0, 1)")
-    if val_fraction == 0 or len(pairs) < 2:
-        return list(pairs), []
+    if folds > 1 and not fold:  # a single run given --folds K: cross-validation is folds.train_folds' job
+        raise UsageError(f"--folds {folds} without --fold: this trains or plans one run; add --fold k (1..{folds}) for one "
+                         f"fold, or train them all with `unetcli train --folds {folds}` (folds.train_folds in Python)")
+    if fold and len(pairs) < folds:
+        raise UsageError(f"--folds {folds}: the data has only {len(pairs)} pairs; use at most {len(pairs)} folds")
+    from .stacks import split_stack_pages  # a stack's pages split in blocks, not at random (see there)
+
+    stack_train, stack_val = split_stack_pages([p for p in pairs if p.page is not None], val_fraction, fold, folds)
+    pairs = [p for p in pairs if p.page is None]
+    if not fold and (val_fraction == 0 or len(pairs) < 2):
+        return list(pairs) + stack_train, stack_val
     shuffled = list(pairs)
     random.Random(seed).shuffle(shuffled)
     n_val = max(1, round(len(pairs) * val_fraction))
-    val = sorted(shuffled[:n_val], key=lambda p: p.stem)
-    train = sorted(shuffled[n_val:], key=lambda p: p.stem)
+    held_out = shuffled[fold - 1::folds] if fold else shuffled[:n_val]
+    val = sorted(held_out + stack_val, key=lambda p: p.stem)
+    train = sorted([*(set(shuffled) - set(held_out)), *stack_train], key=lambda p: p.stem)
     return train, val
 
 
@@ -189,9 +219,14 @@ class Sample:
     objects: np.ndarray | None = None  # instance masks: the object ids (0 = background), for the border weight map
 
 
+def read_pair_mask(pair: Pair, shape: tuple[int, ...]) -> RawMask:
+    """A pair's mask as stored: one file (or a stack's page), or a folder of one mask per object."""
+    return read_object_masks(pair.mask, shape[:2]) if pair.mask.is_dir() else read_mask(pair.mask, pair.mask_page)
+
+
 def read_sample(pair: Pair) -> Sample:
-    image = read_image(pair.image)
-    raw = read_object_masks(pair.mask, image.shape[:2]) if pair.mask.is_dir() else read_mask(pair.mask)
+    image = read_image(pair.image, pair.page)
+    raw = read_pair_mask(pair, image.shape)
     if raw.values.shape[:2] != image.shape[:2]:
         h, w = image.shape[:2]
         mh, mw = raw.values.shape[:2]
@@ -201,137 +236,3 @@ def read_sample(pair: Pair) -> Sample:
                     "was drawn on the unturned pixels, turn the mask too, or remove the image's tag (exiftool -Orientation= FILE)")
         raise DataError(f"{pair.mask}: mask is {mw}x{mh} but its image {pair.image.name} is {w}x{h}; {hint}")
     return Sample(pair, image, raw)
-
-
-@dataclass
-class DatasetScan:
-    """What `unetcli check` reports and `train` builds on."""
-
-    samples: list[Sample]
-    problems: list[str] = field(default_factory=list)
-    class_map: ClassMap | None = None
-    in_channels: int | None = None
-    class_pixels: list[int] = field(default_factory=list)
-    ignored_pixels: int = 0  # pixels of the ignored mask value (left out of loss and metrics)
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
-    alpha: AlphaCheck | None = None  # RGBA images: whether their alpha is one constant (then dropped) or varies
-    notes: list[str] = field(default_factory=list)  # e.g. masks that look like object ids (see instance_masks)
-
-    @property
-    def alpha_dropped(self) -> float | None:
-        """The constant alpha value left out of the model's input (see ModelMeta.alpha_dropped), or None."""
-        return self.alpha.value if self.alpha is not None and self.alpha.dropped else None
-
-    @property
-    def sizes(self) -> list[tuple[int, int]]:
-        return [s.image.shape[:2] for s in self.samples]
-
-
-def scan_dataset(
-    pairs: list[Pair],
-    *,
-    mask_mode: str = "auto",
-    ignore_value: int | None = None,
-    class_map_file: Path | None = None,
-    num_classes: int | None = None,
-    class_map: ClassMap | None = None,
-    in_channels: int | None = None,
-) -> DatasetScan:
-    """Read every pair, collect every problem, infer (or apply) the class map and channel count. With
-    `in_channels` (a model's, e.g. for validation) each image is fitted to it as predict fits its inputs."""
-    scan = DatasetScan(samples=[])
-    for pair in pairs:
-        try:
-            scan.samples.append(read_sample(pair))
-        except DataError as err:
-            scan.problems.append(str(err))
-    if not scan.samples:
-        return scan
-    _settle_channels(scan, in_channels)
-    if not scan.samples:  # none fitted the given channel count
-        return scan
-    stats: list[MaskStats] = [mask_stats(s.pair.mask, s.raw_mask) for s in scan.samples]
-    try:
-        scan.class_map = class_map or infer_class_map(stats, mask_mode, ignore_value, class_map_file=class_map_file,
-                                                        num_classes=num_classes)
-    except DataError as err:
-        scan.problems.append(str(err))
-        return scan
-    if class_map is None and class_map_file is None and mask_mode == "auto":
-        signs = instance_signs(stats, ignore_value)
-        scan.notes += [signs.note(scan.class_map.mode == "instances")] if signs.looks_like_ids else []
-    counts = np.zeros(256, np.int64)
-    for sample in scan.samples:
-        try:
-            sample.mask = scan.class_map.decode(sample.raw_mask, sample.pair.mask)
-        except DataError as err:
-            scan.problems.append(str(err))
-            continue
-        if scan.class_map.mode == "instances":
-            sample.objects = object_ids(sample.raw_mask, scan.class_map.ignore_value)
-        counts += np.bincount(sample.mask.ravel(), minlength=256)
-    scan.class_pixels = [int(c) for c in counts[: scan.class_map.num_classes]]
-    scan.ignored_pixels = int(counts[IGNORE_ID])
-    if scan.in_channels is not None:
-        scan.mean, scan.std = channel_statistics([s.image for s in scan.samples])
-    return scan
-
-
-def _settle_channels(scan: DatasetScan, in_channels: int | None) -> None:
-    """Set the model's channel count: `in_channels` with every image fitted to it (`match_channels`), or the
-    images' common count, less an alpha channel that is one constant in every image (checked per image by
-    its min and max: one pass over the alpha plane of images that are decoded anyway)."""
-    if in_channels is not None:
-        fitted = []
-        for sample in scan.samples:
-            try:
-                sample.image = match_channels(sample.image, in_channels, sample.pair.image)
-                fitted.append(sample)
-            except DataError as err:
-                scan.problems.append(str(err))
-        scan.samples, scan.in_channels = fitted, in_channels
-        return
-    channels: dict[int, list[str]] = {}
-    for sample in scan.samples:
-        channels.setdefault(sample.image.shape[2], []).append(sample.pair.image.name)
-    if len(channels) > 1:
-        common = max(channels, key=lambda c: len(channels[c]))
-        odd = [f"{_short_list(names, 3)} ({c} channel{'' if c == 1 else 's'})" for c, names in channels.items() if c != common]
-        scan.problems.append(
-            f"images mix channel counts: most have {common}, but {'; '.join(odd)}; "
-            "convert them all to the same (e.g. all gray or all RGB)"
-        )
-        return
-    scan.in_channels = next(iter(channels))
-    if scan.in_channels == 4:
-        scan.alpha = check_alpha([alpha_range(s.image) for s in scan.samples])
-        if scan.alpha.dropped:
-            for sample in scan.samples:
-                sample.image = match_channels(sample.image, 3, sample.pair.image)
-            scan.in_channels = 3
-
-
-def channel_statistics(images: list[np.ndarray]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in [0, 1] units over all pixels of all images (normalisation constants)."""
-    total = sum_sq = 0.0
-    pixels = 0
-    for image in images:
-        unit = to_unit_range(image).reshape(-1, image.shape[2]).astype(np.float64)
-        total = total + unit.sum(axis=0)
-        sum_sq = sum_sq + np.square(unit).sum(axis=0)
-        pixels += unit.shape[0]
-    mean = total / pixels
-    std = np.sqrt(np.maximum(sum_sq / pixels - mean**2, 0.0))
-    std = np.where(std < 1e-6, 1.0, std)
-    return tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std)
-
-
-def require_clean(scan: DatasetScan, what: str) -> None:
-    """Raise the first problem of a scan (with a count of the rest) for commands that cannot go on."""
-    if scan.problems:
-        rest = len(scan.problems) - 1
-        suffix = f" (and {rest} more problem(s); run `unetcli check` on the {what} data to list them all)" if rest else ""
-        raise DataError(scan.problems[0] + suffix)
-    if not scan.samples:
-        raise DataError(f"no readable image/mask pairs in the {what} data")

@@ -77,7 +77,7 @@ def _read_bytes(path: Path) -> np.ndarray:
     return data
 
 
-def _check_pixel_limit(path: Path, width: int, height: int) -> None:
+def check_pixel_limit(path: Path, width: int, height: int) -> None:
     limit = max_pixels()
     if width * height > limit:
         raise DataError(
@@ -94,21 +94,31 @@ def _peek(data: np.ndarray, path: Path) -> Image.Image | None:
             header = _open(io.BytesIO(data.tobytes()))
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return None  # a format Pillow does not know; OpenCV's own limit still applies
-    _check_pixel_limit(path, *header.size)
+    check_pixel_limit(path, *header.size)
     _check_single_image(header, path)
     return header
 
 
 def _check_single_image(header: Image.Image, path: Path) -> None:
-    """OpenCV would decode only the first page of a TIFF stack (or frame of an animation), silently."""
+    """OpenCV would decode only the first page of a TIFF stack (or frame of an animation), silently. TIFF stacks
+    are read page by page where pages are asked for (stacks.py); animations are refused."""
+    if header.format == "TIFF":
+        from .stacks import page_count  # tifffile's count: a GeoTIFF's overviews are not pages
+
+        pages = page_count(path)
+        if pages > 1:
+            raise DataError(f"{path}: a stack of {pages} pages where one image was expected; stacks pair page by page "
+                            "with a mask stack (train, check, evaluate) and predict into stacks, or save each page as "
+                            "its own file (e.g. with Fiji: Image > Stacks > Stack to Images)")
+        return
     try:
-        pages = int(getattr(header, "n_frames", 1))
+        frames = int(getattr(header, "n_frames", 1))
     except (OSError, ValueError, SyntaxError, EOFError):
-        return  # a damaged page chain: decoding decides
-    if pages > 1:
+        return  # a damaged frame chain: decoding decides
+    if frames > 1:
         raise DataError(
-            f"{path}: the file holds {pages} images (a multi-page stack or an animation), and unetcli reads one "
-            "image per file; save each page as its own file (e.g. with Fiji: Image > Stacks > Stack to Images)"
+            f"{path}: an animation of {frames} frames, and unetcli reads still images; save each frame as its own "
+            "file, or the frames as a multi-page TIFF stack (e.g. with Fiji: File > Save As > Tiff)"
         )
 
 
@@ -190,12 +200,22 @@ def _decode(data: np.ndarray, path: Path) -> np.ndarray:
     return array
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image to H x W x C (C = 1, 3 or 4) in RGB(A) order and its stored dtype."""
+def read_image(path: str | Path, page: int | None = None) -> np.ndarray:
+    """Decode an image to H x W x C (C = 1, 3 or 4) in RGB(A) order and its stored dtype; with `page`, that page
+    of a TIFF stack (stacks.py)."""
     path = Path(path)
+    if page is not None:
+        from .stacks import Stack
+
+        with Stack(path) as stack:
+            return stack.image(page)
     data = _read_bytes(path)
     header = _peek(data, path)
-    array = _as_viewers_show(_decode(data, path), header)
+    return image_array(_as_viewers_show(_decode(data, path), header), path)
+
+
+def image_array(array: np.ndarray, path: Path | str) -> np.ndarray:
+    """Decoded pixels as read_image returns them (H x W x C; uint8, uint16 or float32), or a DataError naming `path`."""
     if array.dtype == np.float64:
         array = array.astype(np.float32)
     elif array.dtype not in (np.uint8, np.uint16, np.float32):
@@ -204,7 +224,21 @@ def read_image(path: str | Path) -> np.ndarray:
         )
     if array.ndim == 2:
         array = array[:, :, None]
+    _check_finite(array, path)
     return array
+
+
+def _check_finite(array: np.ndarray, path: Path | str) -> None:
+    """Float images with NaN or Inf pixels are refused: the network turns them into NaN logits, which come out as
+    background everywhere they reach (a silent 'entirely background' prediction)."""
+    if array.dtype.kind != "f" or np.isfinite(array).all():
+        return
+    bad = int(np.count_nonzero(~np.isfinite(array).all(axis=2)))
+    total = array.shape[0] * array.shape[1]
+    raise DataError(
+        f"{path}: {bad} of {total} pixels are NaN or Inf (not a number or infinite); replace them with real values "
+        "(e.g. numpy.nan_to_num, or Fiji: Process > Math > Remove NaNs) or crop them out, and save the image again"
+    )
 
 
 def to_unit_range(image: np.ndarray) -> np.ndarray:
@@ -225,13 +259,21 @@ class RawMask:
     palette: tuple[int, ...] | None = None
 
 
-def read_mask(path: str | Path) -> RawMask:
+def read_mask(path: str | Path, page: int | None = None) -> RawMask:
+    """A mask's values (see RawMask); with `page`, that page of a TIFF stack (stacks.py)."""
     path = Path(path)
     if path.suffix.lower() in LOSSY_EXTENSIONS:
         raise DataError(
             f"{path}: masks must be lossless (PNG, TIFF or BMP); JPEG compression invents new pixel values "
             "at every edge, so class ids cannot be trusted. Re-export the mask as PNG"
         )
+    if page is not None:
+        from .stacks import page_label, read_page
+
+        array, palette = read_page(path, page)
+        if palette is not None:
+            return RawMask(array, "palette", palette)
+        return _mask_values(array, page_label(path, page))
     data = _read_bytes(path)
     header = _peek(data, path)
     if header is not None and header.mode in ("P", "PA"):
@@ -241,7 +283,11 @@ def read_mask(path: str | Path) -> RawMask:
             raise _undecodable(path) from None
         palette = tuple(header.getpalette() or ())
         return RawMask(_as_viewers_show(np.ascontiguousarray(indices), header), "palette", palette)
-    array = _as_viewers_show(_decode(data, path), header)
+    return _mask_values(_as_viewers_show(_decode(data, path), header), path)
+
+
+def _mask_values(array: np.ndarray, path: Path | str) -> RawMask:
+    """Decoded mask pixels as a gray or colour RawMask (colour masks whose channels agree are gray)."""
     if array.ndim == 3:
         array = array[:, :, :3]
         if (array[:, :, 0] == array[:, :, 1]).all() and (array[:, :, 0] == array[:, :, 2]).all():

@@ -15,7 +15,9 @@ from .errors import UsageError
 AUGMENT_PRESETS = ("none", "light", "default", "heavy", "elastic")
 PATH_FIELDS = ("out", "data", "images", "masks", "val", "class_map_file")
 # Options a resumed run may change; everything else must stay as the run was started.
-RESUMABLE_CHANGES = ("epochs", "patience", "min_delta", "time_limit", "device", "precision", "workers", "compile")
+RESUMABLE_CHANGES = ("epochs", "patience", "min_delta", "time_limit", "device", "precision", "workers", "compile",
+                     "cache")
+CACHE_CHOICES = ("auto", "ram", "disk", "none")  # --cache (cache.py)
 CLASS_MAP_HELP = ("Class names and mask values: JSON/YAML {name: value} (a gray level or \\[r,g,b]), or CSV rows "
                   "name,r,g,b | index,name\\[,r,g,b] | name,value.")
 NOT_IN_CONFIG = ("resume",)  # run.yaml records whether that run was resumed; a config file cannot ask for it
@@ -34,6 +36,10 @@ class TrainOptions:
     masks: Path | None = option(None, "Masks folder (instead of DATA/masks).")
     val: Path | None = option(None, "Separate validation DATA folder.")
     val_split: float = option(0.2, "Share of pairs held out for validation (seeded).")
+    folds: int = option(1, "Cross-validation: K runs in OUT/fold-1..K, each validated on another K-th of the pairs "
+                           "(instead of --val-split); OUT then predicts as their ensemble (mean probability).")
+    fold: int = option(0, "With --folds K: train fold k alone (1..K) into OUT, as --folds does into OUT/fold-k (one task of a "
+                          "job array; a fold's run.yaml has it); 0: every fold.")
     encoder: str = option("resnet34", "Any smp encoder, e.g. resnet18, resnet34, efficientnet-b0.")
     encoder_weights: str = option("none", "none (offline, random init) or e.g. imagenet (downloads).")
     decoder_width: int = option(256, "Channels of the first decoder block, halved at each of the next four (128: a "
@@ -62,6 +68,8 @@ class TrainOptions:
     device: str = option("auto", "auto | cpu | cuda | cuda:N | mps.")
     precision: str = option("auto", "auto (bf16 on CPUs/GPUs that have it) | fp32 | bf16 | fp16.")
     workers: int | None = option(None, "DataLoader workers (default 0 on CPU, 4 on GPU).")
+    cache: str = option("auto", "Where decoded pairs live: auto (ram when they fit half the available memory, else "
+                                "none) | ram | disk (decoded once into OUT/cache, memory-mapped) | none (decoded on demand).")
     compile: bool = option(False, "torch.compile the model (pays on long GPU runs; eager if it fails).")
     overwrite: bool = option(False, "Reuse a non-empty run folder.")
     plan: bool = option(True, "Plan the options you leave out (encoder, decoder width, crop, batch, epochs, samples per "
@@ -165,6 +173,12 @@ def _check_numbers(o: TrainOptions) -> None:
         raise UsageError("--epochs and --batch-size must be >= 1 and --crop a multiple of 32 (>= 32)")
     if not 0 <= o.val_split < 1:
         raise UsageError(f"--val-split {o.val_split} must be in [0, 1)")
+    if o.folds < 1:
+        raise UsageError(f"--folds {o.folds}: use 2 or more for cross-validation, or 1 (the default) for one run")
+    if not 0 <= o.fold <= o.folds or o.fold and o.folds == 1:
+        raise UsageError(f"--fold {o.fold}: use 1 to K of --folds K (K >= 2) to train one fold, or 0 for every fold")
+    if o.folds > 1 and o.val is not None:
+        raise UsageError("--folds and --val do not go together: each fold validates on its own K-th of DATA")
     bounds = {"lr": (o.lr, 0, math.inf), "samples_per_epoch": (o.samples_per_epoch, 1, math.inf),
               "foreground_crops": (o.foreground_crops, 0, 1), "consistency": (o.consistency, 0, math.inf),
               "border_w0": (o.border_w0, 0, math.inf), "border_sigma": (o.border_sigma, 1e-6, math.inf),
@@ -185,6 +199,8 @@ def _check_names(o: TrainOptions) -> None:
     from .mask_modes import check_mask_mode
 
     check_mask_mode(o.mask_mode)
+    if o.cache not in CACHE_CHOICES:
+        raise UsageError(f"--cache {o.cache!r}: use one of {', '.join(CACHE_CHOICES)}")
     if o.class_weights not in ("none", "auto") and not re.fullmatch(r"\s*[\d.eE+-]+(\s*,\s*[\d.eE+-]+)*\s*", o.class_weights):
         raise UsageError(f"--class-weights {o.class_weights!r}: use none, auto, or non-negative numbers separated by "
                          "commas (one per class)")

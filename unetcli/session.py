@@ -8,22 +8,25 @@ import math
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .data import DatasetScan, Pair, find_pairs, require_clean, resolve_layout, scan_dataset, split_pairs
+from .data import Pair, find_pairs, resolve_layout, split_pairs
 from .errors import UnetcliWarning, UsageError
 from .masks import IGNORE_ID, ClassMap
 from .modelmeta import ModelMeta, TileDefaults, default_tile_size
 from .options import TrainOptions, parse_class_weights
 from .runfolder import check_run_folder, row_metrics
+from .scan import DataProgress, DatasetScan, drain, iter_scan, require_clean
 
 if TYPE_CHECKING:
     import torch
 
+    from .cache import CachePlan
     from .planner import Plan
     from .predictor import Predictor
     from .runtime import Distributed, Precision, StopRequest
@@ -31,33 +34,110 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainingData:
-    """A run's pairs, split into training and validation, read and scanned (no validation: val_scan None)."""
+    """A run's pairs, split into training and validation, read and scanned (no validation: val_scan None), and the
+    stores training reads the decoded pairs from (set by `_open_stores`, after the run folder is checked)."""
 
     train_pairs: list[Pair]
     val_pairs: list[Pair]
     scan: DatasetScan
     val_scan: DatasetScan | None
+    cache: CachePlan | None = None
+    fingerprints: tuple[str, str] = ("", "")  # --cache disk: what the training and validation caches were made from
+    store: object = None  # cache.RamStore | StreamStore | DiskStore
+    val_store: object = None
 
 
-def _load_data(options: TrainOptions) -> TrainingData:
-    """Pair, split, read and check the training (and validation) data; refuse any problem."""
+def _load_data(options: TrainOptions) -> Generator[DataProgress, None, TrainingData]:
+    """Pair, split, read and check the training (and validation) data; refuse any problem. The decoded pairs are
+    kept as --cache says; with --cache disk and a cache of these files in the run folder (--resume), the scan
+    stored with it is used and no image is read."""
+    from .cache import reuse_scan
+
     images_dir, masks_dir = resolve_layout(options.data, options.images, options.masks)
     pairs = find_pairs(images_dir, masks_dir)
     if options.val is not None:
         train_pairs, val_pairs = pairs, find_pairs(*resolve_layout(options.val))
     else:
-        train_pairs, val_pairs = split_pairs(pairs, options.val_split, options.seed)
-    scan = scan_dataset(train_pairs, mask_mode=options.mask_mode, ignore_value=options.ignore_index,
-                        class_map_file=options.class_map_file, num_classes=options.classes)
-    require_clean(scan, "training")
+        train_pairs, val_pairs = split_pairs(pairs, options.val_split, options.seed, fold=options.fold, folds=options.folds)
+    fingerprints, scan, val_scan = ("", ""), None, None
+    if options.cache == "disk":
+        fingerprints = _cache_fingerprints(options, train_pairs, val_pairs)
+        scan = reuse_scan(Path(options.out) / "cache" / "train", fingerprints[0], train_pairs)
+        val_scan = reuse_scan(Path(options.out) / "cache" / "val", fingerprints[1], val_pairs) if val_pairs else None
+        scan = scan if val_scan is not None or not val_pairs else None
+    reused = scan is not None
+    if not reused:
+        scan, val_scan = yield from _scan(options, train_pairs, val_pairs)
     if scan.alpha is not None:  # RGBA training images: say whether their alpha is dropped or kept
         warnings.warn(UnetcliWarning(scan.alpha.note()), stacklevel=2)
-    val_scan = scan_dataset(val_pairs, class_map=scan.class_map, in_channels=scan.in_channels) if val_pairs else None
-    if val_scan is not None:
-        require_clean(val_scan, "validation")
-        if val_scan.in_channels != scan.in_channels:
-            raise UsageError(f"validation images have {val_scan.in_channels} channels, training images {scan.in_channels}")
-    return TrainingData(train_pairs, val_pairs, scan, val_scan)
+    if val_scan is not None and val_scan.in_channels != scan.in_channels:
+        raise UsageError(f"validation images have {val_scan.in_channels} channels, training images {scan.in_channels}")
+    return TrainingData(train_pairs, val_pairs, scan, val_scan, cache=_cache_plan(options, scan, val_scan, reused),
+                        fingerprints=fingerprints)
+
+
+def _scan(options: TrainOptions, train_pairs: list[Pair], val_pairs: list[Pair]) -> Generator[DataProgress, None, tuple]:
+    """Read and check the training and validation pairs, keeping the decoded pairs that --cache lets memory hold."""
+    from .cache import keep_budget
+
+    budget = keep_budget(options.cache)
+    scan = yield from iter_scan(train_pairs, mask_mode=options.mask_mode, ignore_value=options.ignore_index,
+                                class_map_file=options.class_map_file, num_classes=options.classes, keep_bytes=budget)
+    require_clean(scan, "training")
+    if not val_pairs:
+        return scan, None
+    val_scan = yield from iter_scan(val_pairs, class_map=scan.class_map, in_channels=scan.in_channels,
+                                    keep_bytes=budget - scan.decoded_bytes * scan.kept)
+    require_clean(val_scan, "validation")
+    return scan, val_scan
+
+
+def _cache_plan(options: TrainOptions, scan: DatasetScan, val_scan: DatasetScan | None, reused: bool) -> CachePlan:
+    """Where the pairs live and the memory that takes: the kept pairs (the training images as float32 when that fits
+    too), a streaming store's bound, or nothing (disk)."""
+    from .cache import MEMORY_SHARE, CachePlan, available_memory, stream_budget
+
+    kinds = [("disk" if options.cache == "disk" else "ram" if s.kept else "none") if s else "" for s in (scan, val_scan)]
+    val_bytes = val_scan.decoded_bytes if val_scan else 0
+    unit = kinds[0] == "ram" and scan.unit_bytes + val_bytes <= MEMORY_SHARE * available_memory()
+    held = [(scan.unit_bytes if unit else scan.decoded_bytes) if kinds[0] == "ram" else 0, val_bytes if kinds[1] == "ram" else 0]
+    streaming = min(stream_budget(), scan.decoded_bytes) if "none" in kinds else 0
+    return CachePlan(options.cache, *kinds, decoded_bytes=scan.decoded_bytes + val_bytes,
+                     available=available_memory() if options.cache == "auto" else None, reused=reused,
+                     folder=str(Path(options.out) / "cache"), memory_bytes=sum(held) + streaming, unit=unit)
+
+
+def _cache_fingerprints(options: TrainOptions, train_pairs: list[Pair], val_pairs: list[Pair]) -> tuple[str, str]:
+    """What the disk caches of the training and validation pairs are made from (cache.data_fingerprint)."""
+    from .cache import data_fingerprint
+
+    settings = {k: getattr(options, k) for k in ("mask_mode", "ignore_index", "class_map_file", "classes")}
+    if options.class_map_file is not None:
+        settings["class_map_text"] = Path(options.class_map_file).read_text(encoding="utf-8", errors="replace")
+    train = data_fingerprint(train_pairs, settings)
+    return train, data_fingerprint(val_pairs, {"train": train})
+
+
+def _open_stores(options: TrainOptions, data: TrainingData, dist: Distributed) -> Generator[DataProgress, None, None]:
+    """The stores training and validation read from: the kept pairs, streaming, or the disk cache (built by rank 0
+    into RUN/cache/ unless it holds these files already)."""
+    from .cache import DiskStore, RamStore, StreamStore, build_disk_store
+
+    for name, scan, fingerprint in (("train", data.scan, data.fingerprints[0]), ("val", data.val_scan, data.fingerprints[1])):
+        if scan is None:
+            continue
+        kind = data.cache.train if name == "train" else data.cache.val
+        if kind == "ram":
+            store = RamStore(scan.samples, unit=data.cache.unit and name == "train")
+        elif kind == "none":
+            store = StreamStore([s.pair for s in scan.samples], scan.class_map, scan.in_channels)
+        else:
+            folder = Path(options.out) / "cache" / name
+            if dist.main:
+                yield from build_disk_store(folder, scan, fingerprint)
+            dist.barrier()
+            store = DiskStore(folder, len(scan.samples))
+        setattr(data, "store" if name == "train" else "val_store", store)
 
 
 def _fingerprint(pairs: list[Pair], sizes: list[tuple[int, int]]) -> str:
@@ -70,6 +150,7 @@ def _fingerprint(pairs: list[Pair], sizes: list[tuple[int, int]]) -> str:
 def _model_meta(options: TrainOptions, data: TrainingData, *, pipeline_config, eval_pipeline, train_pipeline,
                 plan: Plan | None = None) -> ModelMeta:
     """The description every model folder of this run carries (epoch and metrics are set at each save)."""
+    from .doubt import training_intensity
     from .transforms import to_dict
 
     scan = data.scan
@@ -79,6 +160,7 @@ def _model_meta(options: TrainOptions, data: TrainingData, *, pipeline_config, e
         training=options.to_config(), alpha_dropped=scan.alpha_dropped, plan=plan.to_dict() if plan else None,
         data={"train_pairs": len(data.train_pairs), "val_pairs": len(data.val_pairs),
               "class_pixels": scan.class_pixels, "fingerprint": _fingerprint(data.train_pairs, scan.sizes)},
+        intensity=training_intensity(scan.image_statistics),
     )
 
 
@@ -155,8 +237,9 @@ class TrainingSession:
         return Path(self.options.out)
 
 
-def set_up(options: TrainOptions) -> TrainingSession:
-    """Device, data and run-folder checks, then the seeded model, optimiser and crop loader (resumed if asked)."""
+def set_up(options: TrainOptions) -> Generator[DataProgress, None, TrainingSession]:
+    """Device, data and run-folder checks, then the seeded model, optimiser and crop loader (resumed if asked);
+    yields DataProgress while the data is read (and cached)."""
     import torch
 
     from . import planner
@@ -167,12 +250,13 @@ def set_up(options: TrainOptions) -> TrainingSession:
     options.validate()  # the CLI has done so; a Python caller may not have
     dist = Distributed(pick_device(options.device))
     precision = pick_precision(options.precision, dist.device)
-    data = _load_data(options)
+    data = yield from _load_data(options)
     plan = _plan(options, data, dist=dist, precision=precision) if planner.wanted(options) else None
     if plan is not None:
         options = plan.apply(options).validate()
     check_run_folder(options)
     dist.barrier()  # every rank has checked the folder before rank 0 creates it
+    yield from _open_stores(options, data, dist)
 
     random.seed(options.seed)
     np.random.seed(options.seed)
@@ -188,8 +272,7 @@ def set_up(options: TrainOptions) -> TrainingSession:
     if options.compile:
         trained = torch.compile(eager)  # compiles at the first step; the loop falls back to `eager` if that fails
     border = (options.border_w0, options.border_sigma) if options.border_weight else None
-    dataset = CropDataset.from_samples(scan.samples, train_pipeline, length=max(options.samples_per_epoch, len(scan.samples)),
-                                       border=border)
+    dataset = CropDataset(data.store, train_pipeline, length=max(options.samples_per_epoch, len(scan.samples)), border=border)
     sampler, generator, loader = _loader(options, dataset, train_pipeline, dist=dist)
     return TrainingSession(
         options=options, dist=dist, precision=precision, data=data, predictor=predictor, model=predictor.model, eager=eager,
@@ -206,7 +289,7 @@ def plan_run(options: TrainOptions) -> Plan:
 
     options.validate()
     dist = Distributed(pick_device(options.device))
-    data = _load_data(options)
+    data = drain(_load_data(replace(options, cache="none")))  # planning needs no decoded pairs kept
     try:
         return _plan(options, data, dist=dist, precision=pick_precision(options.precision, dist.device))
     finally:
@@ -250,8 +333,10 @@ def _loader(options: TrainOptions, dataset, train_pipeline, *, dist: Distributed
     """(sampler, generator, DataLoader) of the training crops; each worker seeds the pipeline by worker and rank."""
     import torch
 
+    from .cache import default_workers
+
     sampler = dist.sampler(dataset, options.seed)
-    workers = options.workers if options.workers is not None else (4 if dist.device.type == "cuda" else 0)
+    workers = options.workers if options.workers is not None else default_workers(dist.device.type, not dataset.store.in_memory)
     generator = torch.Generator()
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=options.batch_size, shuffle=sampler is None, sampler=sampler,

@@ -67,6 +67,7 @@ class DataReady:
     epochs: int = 0  # the run's last epoch (--epochs)
     time_limit: float | None = None  # seconds
     images_per_step: int = 0  # crops per step over all ranks
+    cache: Any = None  # cache.CachePlan: where the decoded pairs live, and the memory that takes
 
 
 @dataclass(frozen=True)
@@ -136,20 +137,20 @@ def validate(predictor, samples, loss_fn, *, num_classes: int, pixels=None) -> t
 
 
 def train(options: TrainOptions) -> Iterator:
-    """Run training; yields Phase('reading data'), Planned (unless --no-plan or resumed), DataReady, then per epoch BatchDone, Phase('validating'),
+    """Run training; yields Phase('reading data'), DataProgress, Planned (unless --no-plan or resumed), DataReady, then per epoch BatchDone, Phase('validating'),
     Phase('saving') and EpochDone, and finally TrainingDone."""
     from .runtime import StopRequest
 
     started = time.monotonic()  # --time-limit counts from here: reading the data and planning are part of the run
     yield Phase("reading data", detail=str(options.data if options.data is not None else options.images))
-    session = set_up(options)
+    session = yield from set_up(options)  # DataProgress while the data is read
     if session.plan is not None:
         yield Planned(session.plan)
     scan = session.data.scan
     yield DataReady(len(session.data.train_pairs), len(session.data.val_pairs), scan.class_map, scan.class_pixels,
                     scan.in_channels, str(session.dist.device), session.precision.name, len(session.loader),
                     scan.ignored_pixels, epochs=session.options.epochs, time_limit=session.options.time_limit,
-                    images_per_step=session.options.batch_size * session.dist.world)
+                    images_per_step=session.options.batch_size * session.dist.world, cache=session.data.cache)
     if session.dist.main:
         session.run_dir.mkdir(parents=True, exist_ok=True)
         write_run_yaml(session.run_dir, session.options)
@@ -283,7 +284,7 @@ def _end_epoch(session: TrainingSession, epoch: int, running: list[float], *, lr
         count = len(session.data.val_scan.samples)
         yield Phase("validating", epoch, f"{count} image{'' if count == 1 else 's'}")
         pixels = PixelSample(count, class_map.is_binary, EPOCH_FIT_PIXELS)
-        val_loss, matrix, examples = validate(session.predictor, session.data.val_scan.samples, session.loss_fn,
+        val_loss, matrix, examples = validate(session.predictor, session.data.val_store, session.loss_fn,
                                               num_classes=class_map.num_classes, pixels=pixels)
         scores = scores_from_counts(counts_from_confusion(matrix))
         dice, iou = [float(v) for v in scores["dice"]], [float(v) for v in scores["iou"]]

@@ -94,11 +94,16 @@ class TrainingLog:
         self.run_start: float | None = None  # when this process's first step began
         self.epoch_start: float | None = None
         self.epoch_seconds: list[float] = []  # whole epochs of this process: steps, validation, saving
+        self.data_done = 0  # pairs done in the data pass going on
+        self.data_ticker = Ticker()
 
     def show(self, event) -> None:
+        from ..scan import DataProgress
         from ..training import BatchDone, DataReady, EpochDone, Phase
 
-        if isinstance(event, Phase) and event.name == "reading data":
+        if isinstance(event, DataProgress):
+            self._data(event)
+        elif isinstance(event, Phase) and event.name == "reading data":
             plain(f"reading data: {event.detail} (pairing, decoding and scanning every image)")
         elif isinstance(event, Phase):
             plain(f"epoch {event.epoch}: {event.name} {event.detail}")
@@ -108,6 +113,16 @@ class TrainingLog:
             self._batch(event)
         elif isinstance(event, EpochDone) and self.epoch_start is not None:
             self.epoch_seconds.append(time.monotonic() - self.epoch_start)
+
+    def _data(self, event) -> None:
+        """`reading data: done/total pairs, pairs/s, time left` (or `caching data`), and once at the end."""
+        if event.done < self.data_done:  # a new pass (the validation pairs, the disk cache): its first line early
+            self.data_ticker = Ticker()
+        self.data_done = event.done
+        if not self.data_ticker.due() and event.done < event.total:
+            return
+        rate = event.done / max(event.seconds, 1e-6)
+        plain(f"{event.what}: {event.done}/{event.total} pairs, {rate:.0f} pairs/s, {duration((event.total - event.done) / max(rate, 1e-6))} left")
 
     def _batch(self, event) -> None:
         now = time.monotonic()

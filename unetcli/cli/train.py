@@ -88,6 +88,9 @@ def train(**values) -> None:
         from ..training import train as run_training
 
         options = options_from_command_line(values)
+        if options.folds > 1 and not options.fold:
+            render_folds(options, quiet=quiet, as_json=as_json)
+            return
         done = render_training(run_training(options), quiet=quiet, as_json=as_json)
         if not main_rank():
             return
@@ -99,6 +102,46 @@ def train(**values) -> None:
             err_console.print(calibration_line(done.calibration), markup=False)
 
     run_guarded(action)
+
+
+def render_folds(options, *, quiet: bool, as_json: bool, events=None):
+    """Train the folds of `train --folds K` (or render the `events` of folds.train_folds), each as one training
+    run is shown, then the cross-validated scores. Returns folds.CrossValidated."""
+    from ..folds import CrossValidated, FoldStarted, train_folds
+    from ..training import TrainingDone
+
+    def one_fold(stream):
+        for event in stream:
+            yield event
+            if isinstance(event, TrainingDone):
+                return
+
+    stream = iter(events if events is not None else train_folds(options))
+    for event in stream:
+        if isinstance(event, FoldStarted):
+            limit = f", {event.time_limit:.0f}s" if event.time_limit else ""
+            if as_json:
+                print(json.dumps({"event": "fold", "fold": event.fold, "folds": event.folds, "run": str(event.run_dir),
+                                  "val_pairs": event.val_pairs, "time_limit": event.time_limit}), flush=True)
+            elif not quiet:
+                err_console.print(f"fold {event.fold}/{event.folds}: {event.run_dir} ({event.val_pairs} validation pairs{limit})",
+                                  markup=False)
+            render_training(one_fold(stream), quiet=quiet, as_json=as_json)
+        elif isinstance(event, CrossValidated):
+            _cross_validated(event, quiet, as_json)
+            return event
+    return None
+
+
+def _cross_validated(event, quiet: bool, as_json: bool) -> None:
+    cv = event.cross_validation
+    if as_json:
+        print(json.dumps({"event": "done", "run": str(event.run_dir), "cross_validation": cv}))
+    elif not quiet:
+        scores = ", ".join(f"{k} {cv['mean'][k]:.4f} ± {cv['sd'][k]:.4f}" for k in cv["mean"] if k == "score" or k.startswith("dice_"))
+        err_console.print(f"cross-validated over {cv['folds']} folds (mean ± sd of each fold's best epoch): {scores}", markup=False)
+        err_console.print(f"ensemble of the folds: {event.run_dir} (predict, evaluate and export take it as one model)",
+                          markup=False)
 
 
 def calibration_line(calibration: dict | None) -> str:
@@ -120,6 +163,8 @@ def _data_ready(event, quiet: bool, as_json: bool):
             f"{event.train_pairs} training / {event.val_pairs} validation pairs, {event.in_channels} channel(s), "
             f"device {event.device}, precision {event.precision}")
         err_console.print(class_table(event.class_map, event.class_pixels, event.ignored_pixels))
+        if event.cache is not None:
+            err_console.print(f"data cache: {event.cache.describe()}", markup=False, soft_wrap=True)
     if not interactive(quiet) or as_json:
         return None
     progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
