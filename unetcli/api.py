@@ -91,9 +91,12 @@ def load(path: str | Path, **options) -> Model:
 def train(data: str | Path | None = None, **options) -> Iterator:
     """Train as `unetcli train` does; `options` are its flags' names (out, epochs, encoder, ...), also those of a
     run.yaml. Options are validated before any data is read. Yields the training events; the last one,
-    TrainingDone, says where model-best/ is."""
+    TrainingDone, says where model-best/ is. With folds=K (K >= 2) every fold trains in turn, as `train --folds K`
+    does: each fold's events follow a folds.FoldStarted, and folds.CrossValidated ends them."""
+    from .folds import train_folds
     from .options import TrainOptions
     from .training import train as run_training
 
     values = {**options, "data": data} if data is not None else options
-    return run_training(TrainOptions.from_values(values, "unetcli.train()").validate())
+    checked = TrainOptions.from_values(values, "unetcli.train()").validate()
+    return train_folds(checked) if checked.folds > 1 and not checked.fold else run_training(checked)

@@ -89,17 +89,43 @@ def _confidence_and_correct(probs: np.ndarray, labels: np.ndarray) -> tuple[np.n
     return probs.max(axis=1), probs.argmax(axis=1) == labels
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """ECE of probabilities ((N,) foreground probabilities of a binary model, or (N, K)) against class ids:
-    confidences fall in `bins` equal-width bins of [0, 1] (bin b holds b/bins <= c < (b+1)/bins, the last one
-    includes 1); sum over bins of (share of pixels) x |accuracy - mean confidence|. NaN without usable pixels."""
+@dataclass(frozen=True)
+class Reliability:
+    """Per equal-width confidence bin: its pixels, the sum of their confidences and how many were right."""
+
+    pixels: np.ndarray
+    confidence_sum: np.ndarray
+    correct: np.ndarray
+
+    @property
+    def ece(self) -> float:
+        """Sum over bins of (share of pixels) x |accuracy - mean confidence|; NaN without pixels."""
+        total = int(self.pixels.sum())
+        return float(np.abs(self.correct - self.confidence_sum).sum() / total) if total else math.nan
+
+    def to_dict(self) -> dict:
+        """Per bin (low to high confidence): pixels, mean confidence and accuracy (None for an empty bin)."""
+        def means(sums: np.ndarray) -> list:
+            return [round(float(v / n), 6) if n else None for v, n in zip(sums, self.pixels)]
+
+        return {"pixels": [int(n) for n in self.pixels], "confidence": means(self.confidence_sum),
+                "accuracy": means(self.correct)}
+
+
+def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> Reliability:
+    """Probabilities ((N,) foreground probabilities of a binary model, or (N, K)) against class ids, binned by
+    the top-class confidence: bin b holds b/bins <= c < (b+1)/bins, the last one includes 1."""
     probs, labels = _valid(probs, labels)
-    if len(labels) == 0:
-        return math.nan
     confidence, correct = _confidence_and_correct(np.asarray(probs, np.float64), labels)
     index = np.minimum((confidence * bins).astype(np.int64), bins - 1)
-    gap = np.bincount(index, weights=correct.astype(np.float64), minlength=bins) - np.bincount(index, weights=confidence, minlength=bins)
-    return float(np.abs(gap).sum() / len(labels))
+    return Reliability(np.bincount(index, minlength=bins), np.bincount(index, weights=confidence, minlength=bins),
+                       np.bincount(index, weights=correct.astype(np.float64), minlength=bins))
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE of probabilities against class ids over `bins` confidence bins (see `reliability`): sum over bins of
+    (share of pixels) x |accuracy - mean confidence|. NaN without usable pixels."""
+    return reliability(probs, labels, bins).ece
 
 
 def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -154,7 +180,8 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, binary: bool, *, temperatu
 
 class PixelSample:
     """Pixel logits and labels gathered image by image for a fit: a seeded random share of each image's labelled
-    pixels, at most `max_pixels` / `images` per image, so that the whole stays within `max_pixels`."""
+    pixels, at most `max_pixels` / `images` per image, so that the whole stays within `max_pixels`. (evaluate
+    gathers probabilities with it the same way.)"""
 
     def __init__(self, images: int, binary: bool, max_pixels: int = MAX_FIT_PIXELS, seed: int = FIT_SEED):
         self.binary, self.max_pixels = binary, max_pixels
@@ -164,14 +191,15 @@ class PixelSample:
         self.labels: list[np.ndarray] = []
 
     def add(self, logits: np.ndarray, labels: np.ndarray) -> None:
-        """One image: logits (K, H, W) (K = 1 for binary models) and class ids (H, W)."""
-        logits = np.asarray(logits, np.float32)
-        flat = logits.reshape(logits.shape[0], -1)
+        """One image: logits (K, H, W) (K = 1 for binary models) and class ids (H, W). Kept as float32 (converted
+        after sampling, so that e.g. 16-bit probability maps are not copied whole)."""
+        flat = np.asarray(logits).reshape(logits.shape[0], -1)
         labels = np.asarray(labels).ravel()
         where = np.flatnonzero(labels != IGNORE_ID)
         if len(where) > self.per_image:
             where = np.sort(self.rng.choice(where, self.per_image, replace=False))
-        self.logits.append(flat[0, where] if self.binary else flat[:, where].T)
+        picked = flat[0, where] if self.binary else flat[:, where].T
+        self.logits.append(picked.astype(np.float32, copy=False))
         self.labels.append(labels[where].astype(np.int64))
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,11 @@ from .modelmeta import META_FILE, ModelMeta
 
 REQUIRED_FILES = ("config.json", "model.safetensors", META_FILE)
 TRAIN_STATE_FILE = "train_state.pt"
+ENSEMBLE_FILE = "ensemble.json"  # an ensemble folder (train --folds K): its members, loaded as one model (ensemble.py)
+
+
+def is_ensemble(path: Path) -> bool:
+    return (Path(path) / ENSEMBLE_FILE).is_file() and not (Path(path) / META_FILE).is_file()
 
 
 def package_versions() -> dict[str, str]:
@@ -125,8 +130,14 @@ def save_model_folder(target: Path, model, meta: ModelMeta, *, train_state: dict
 
 def copy_model_folder(source: Path, target: Path, meta: ModelMeta) -> None:
     """A copy of the model folder `source` at `target` described by `meta` (unetcli calibrate: a new temperature),
-    written atomically; the training state is left out (the copy predicts, it does not resume). `source` is only read."""
+    written atomically; the training state is left out (the copy predicts, it does not resume). `source` is only read.
+    An ensemble folder is copied with its members (ensemble.py), the temperature going into its ensemble.json."""
+    from .ensemble import copy_ensemble
+
     source = Path(source)
+    if is_ensemble(source):
+        copy_ensemble(source, target, temperature=meta.temperature, calibration=meta.calibration)
+        return
 
     def write(folder: Path) -> None:
         for path in sorted(source.iterdir()):
@@ -165,16 +176,21 @@ class LoadedModel:
 
 
 def resolve_model_dir(path: Path) -> Path:
-    """A model folder, or a run folder standing for its model-best/."""
+    """A model folder, or a run folder standing for its model-best/ (an ensemble folder stands for itself)."""
     path = Path(path)
-    if not (path / META_FILE).exists() and (path / "model-best" / META_FILE).exists():
+    if not is_ensemble(path) and not (path / META_FILE).exists() and (path / "model-best" / META_FILE).exists():
         return path / "model-best"
     return path
 
 
 def read_meta(path: Path) -> ModelMeta:
-    """The checked (and, for older folders, upgraded) description of a model folder (no torch needed)."""
+    """The checked (and, for older folders, upgraded) description of a model folder (an ensemble folder: see
+    ensemble.py)."""
     path = Path(path)
+    if is_ensemble(path):
+        from .ensemble import read_ensemble_meta
+
+        return read_ensemble_meta(path)
     if not path.is_dir():
         raise ModelFolderError(f"{path}: not a model folder (expected a folder such as runs/NAME/model-best)")
     missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
@@ -186,9 +202,14 @@ def read_meta(path: Path) -> ModelMeta:
 
 def read_config(path: Path) -> tuple[type, dict]:
     """config.json checked without building anything: a known smp architecture and encoder.
-    Returns the model class and its constructor arguments (with encoder_weights=None)."""
+    Returns the model class and its constructor arguments (with encoder_weights=None); an ensemble folder's are its
+    first member's."""
     import segmentation_models_pytorch as smp
 
+    if is_ensemble(path):
+        from .ensemble import member_folders
+
+        return read_config(member_folders(path)[0])
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -227,6 +248,10 @@ def load_model_folder(path: Path) -> LoadedModel:
     from safetensors.torch import load_file
 
     path = Path(path)
+    if is_ensemble(path):
+        from .ensemble import load_ensemble
+
+        return load_ensemble(path)
     meta = read_meta(path)
     class_map = meta.classes
     model = _build_from_config(path)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration import PixelSample, brier_score, reliability
 from .data import Pair, find_pairs, list_image_files, pair_files, read_sample, resolve_layout
 from .display import thumbnail
 from .errors import DataError
@@ -39,6 +40,7 @@ from .object_metrics import (
     truth_labels,
 )
 from .outputs import SUFFIXES
+from .predictor import PROB_SCALE
 
 PREDICTION_EXTRAS = tuple(suffix for suffix in SUFFIXES.values() if suffix)  # what `predict --save` adds beside masks
 WORST_KEPT = 6  # worst images kept (as thumbnails, see display.THUMBNAIL) for the --report picture
@@ -105,6 +107,7 @@ class Evaluation:
     source: str = ""  # what was scored, for the report's title
     worst: list[WorstImage] = field(default_factory=list)  # the WORST_KEPT worst so far, worst first
     f_thresholds: tuple[float, ...] = MASK_THRESHOLDS  # the ISBI pixel error's thresholds (ImageResult.foreground_f)
+    probabilities: PixelSample | None = None  # MODEL DATA: a bounded sample of the pixels' 16-bit probabilities
 
     def add(self, result: ImageResult, truth: np.ndarray, pred: np.ndarray, *, image: np.ndarray | None = None) -> None:
         """Record an image's counts; keep small copies of it when it is among the worst so far."""
@@ -140,7 +143,20 @@ class Evaluation:
             "classes": classes,
             "confusion_matrix": total.tolist(),
             **self.object_summary(),
+            **self.calibration_summary(),
         }
+
+    def calibration_summary(self) -> dict:
+        """How well the model's (calibrated) probabilities match how often it is right, over the sampled pixels
+        (ignored ones left out): `ece` (15 confidence bins), `brier`, `calibration_pixels` and `reliability` (per
+        bin: pixels, mean confidence, accuracy); None for --pred/--gt, which have no probabilities."""
+        values, labels = self.probabilities.arrays() if self.probabilities is not None else (None, ())
+        if len(labels) == 0:
+            return {"ece": None, "brier": None, "calibration_pixels": 0, "reliability": None}
+        probs = values / np.float32(PROB_SCALE)
+        bins = reliability(probs, labels)
+        return {"ece": _clean(bins.ece), "brier": _clean(brier_score(probs, labels)),
+                "calibration_pixels": len(labels), "reliability": bins.to_dict()}
 
     @property
     def object_names(self) -> list[str]:
@@ -188,9 +204,12 @@ class Evaluation:
         if summary is not None:
             write_bytes_atomic(summary, (json.dumps(self.summary(), indent=2) + "\n").encode())
         if report is not None:
+            from .reliability import reliability_diagram
             from .report import evaluation_report
 
-            write_png(report, evaluation_report(self.summary(), self.worst, self.class_colours, self.source))
+            summary = self.summary()
+            write_png(report, evaluation_report(summary, self.worst, self.class_colours, self.source,
+                                                reliability=reliability_diagram(summary)))
 
 
 def _clean(value) -> float | None:
@@ -211,23 +230,23 @@ def _cell(value) -> str:
 def evaluate_model(model_dir: Path, data: Path | None, images: Path | None = None, *, masks: Path | None = None,
                    device: str = "auto", precision: str = "auto", tile: str = "auto", tta: bool = False) -> Iterator:
     """Predict every pair of DATA with the model (as `predict` would) and score it. Yields ImageResults,
-    then the finished Evaluation."""
+    then the finished Evaluation. Its probabilities are those `predict --save probs` writes (calibrated by the
+    model's temperature, 16-bit), sampled for the calibration measures."""
     from .predictor import Predictor
 
     predictor = Predictor.from_folder(model_dir, device, precision, tile=tile, tta=tta)
     pairs = find_pairs(*resolve_layout(data, images, masks))
-    from .predictor import PROB_SCALE
-
     class_map = predictor.class_map
     evaluation = Evaluation(class_map.names, class_colours=class_map.display_colours.tolist(),
                             source=f"model {model_dir} on {data if data is not None else images}",
-                            f_thresholds=ISBI_THRESHOLDS)
-    two_class = class_map.num_classes == 2  # the ISBI pixel error needs the foreground probability
+                            f_thresholds=ISBI_THRESHOLDS, probabilities=PixelSample(len(pairs), class_map.is_binary))
     for pair in pairs:
         sample = read_sample(pair)
         truth = class_map.decode(sample.raw_mask, pair.mask)
-        pred, maps = predictor.predict_image_maps(sample.image, pair.image, probs=two_class)
-        probability = None if maps is None else maps[-1] / np.float32(PROB_SCALE)  # binary: 1 map; else class 1's
+        pred, maps = predictor.predict_image_maps(sample.image, pair.image, probs=True)
+        evaluation.probabilities.add(maps, truth)
+        two_class = class_map.num_classes == 2  # the ISBI pixel error needs the foreground probability
+        probability = maps[-1] / np.float32(PROB_SCALE) if two_class else None  # binary: 1 map; else class 1's
         result = score_image(pair.stem, truth, pred, class_map, raw_truth=sample.raw_mask, probability=probability,
                              thresholds=ISBI_THRESHOLDS)
         evaluation.add(result, truth, pred, image=sample.image)
@@ -281,7 +300,7 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path, mask_mode: str = "auto", clas
     pairs = _prediction_pairs(Path(pred_dir), Path(gt_dir))
     raws = []
     for pair in pairs:
-        pred, truth = read_mask(pair.image), read_mask(pair.mask)
+        pred, truth = read_mask(pair.image, pair.page), read_mask(pair.mask, pair.mask_page)  # (pages of stacks)
         if pred.values.shape[:2] != truth.values.shape[:2]:
             raise DataError(f"{pair.image}: prediction is {pred.values.shape[1]}x{pred.values.shape[0]} but the truth "
                             f"{pair.mask.name} is {truth.values.shape[1]}x{truth.values.shape[0]}")

@@ -256,8 +256,12 @@ def export_folder(model_dir: Path, target: Path, *, half: bool, tolerance: float
     import torch
     from safetensors.torch import load_file, save_file
 
-    from .checkpoint import load_model_folder, replace_folder
+    from .checkpoint import is_ensemble, load_model_folder, replace_folder
 
+    if is_ensemble(model_dir):
+        from .ensemble import export_ensemble_folder
+
+        return export_ensemble_folder(model_dir, target, half=half, tolerance=tolerance)
     source = load_model_folder(model_dir)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise OutputError(f"{target}: already exists; choose a new folder for -o (nothing was changed)")
@@ -272,20 +276,30 @@ def export_folder(model_dir: Path, target: Path, *, half: bool, tolerance: float
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
         shutil.copyfile(source.path / "config.json", folder / "config.json")
         dataclasses.replace(source.meta.shareable(), weights_dtype="float16" if half else "float32").save(folder)
-        with torch.no_grad():
-            copied = load_model_folder(folder).model(batch).numpy()
-        diff = float(np.abs(copied - reference).max())
-        limit = tolerance * max(1.0, float(np.abs(reference).max())) if half else tolerance
-        if not diff <= limit:
-            raise ExportCheckError(f"the copied model differs from the original by up to {diff:.3g} in the logits "
-                                   f"(limit {limit:.3g}); nothing was written. Raise --tolerance or drop --half")
-        checks.append((diff, limit))
+        checks.append(check_copy(folder, batch, reference, half=half, tolerance=tolerance))
 
     checks: list[tuple[float, float]] = []  # (max |difference|, its limit), set by write()
     replace_folder(target, write)
     (diff, limit), = checks
     return ExportResult(format="folder", file=target, sidecar=target / META_FILE, model=source.path, max_abs_diff=diff,
                         tolerance=limit, check_input=tuple(batch.shape))
+
+
+def check_copy(folder: Path, batch, reference: np.ndarray, *, half: bool, tolerance: float, what: str = "model") -> tuple[float, float]:
+    """Load the copy written to `folder` and compare its logits on `batch` with the original's `reference`: (max
+    |difference|, limit); ExportCheckError above the limit (with `half` 1 % of the largest logit x tolerance)."""
+    import torch
+
+    from .checkpoint import load_model_folder
+
+    with torch.no_grad():
+        copied = load_model_folder(folder).model(batch).numpy()
+    diff = float(np.abs(copied - reference).max())
+    limit = tolerance * max(1.0, float(np.abs(reference).max())) if half else tolerance
+    if not diff <= limit:
+        raise ExportCheckError(f"the copied {what} differs from the original by up to {diff:.3g} in the logits "
+                               f"(limit {limit:.3g}); nothing was written. Raise --tolerance or drop --half")
+    return diff, limit
 
 
 def _check_tolerance(tolerance: float | None, half: bool) -> float:

@@ -12,7 +12,9 @@ from .images import is_image_file
 
 
 def resolve_inputs(inputs: Iterable[str], *, stdin: TextIO) -> list[Path]:
-    """Files, folders (their image files), globs, @list.txt files and '-' (paths read from `stdin`), in order."""
+    """Files, folders (their image files), globs, @list.txt files and '-' (paths read from `stdin`), in order.
+    A folder's entries named like images that cannot be read (a dangling symlink, a folder `x.png/`) are kept,
+    so that predict reports each as a failed input rather than skipping it without a word."""
     paths: list[Path] = []
     for item in inputs:
         if item == "-":
@@ -27,7 +29,7 @@ def resolve_inputs(inputs: Iterable[str], *, stdin: TextIO) -> list[Path]:
         elif Path(item).is_dir():
             from .data import list_image_files
 
-            paths += list_image_files(Path(item))
+            paths += list_image_files(Path(item), keep_unreadable=True)  # reported as failed inputs when read
         elif any(ch in item for ch in "*?[") and not Path(item).exists():
             matches = sorted(glob.glob(item, recursive=True))
             if not matches:

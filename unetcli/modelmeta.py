@@ -8,13 +8,16 @@ Format versions:
      instead of the trainer's absolute paths. Version 1 folders are upgraded when read, with the defaults
      version 1 readers used, so they predict exactly as before. `alpha_dropped` and `plan` came later within
      version 2: a folder without them dropped no alpha channel and was not planned. `temperature` and
-     `calibration` came later still (issue 14): without them a model is uncalibrated, temperature 1.0.
+     `calibration` came later still (issue 14): without them a model is uncalibrated, temperature 1.0. So did
+     `intensity` (the training images' intensity statistics for predict's doubt score): without it the doubt
+     score has no intensity part.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +65,8 @@ class ModelMeta:
     plan: dict | None = None  # what the planner chose and why (planner.Plan.to_dict); None: not planned
     temperature: float = 1.0  # probabilities are sigmoid/softmax(logits / temperature); 1.0: uncalibrated
     calibration: dict | None = None  # how the temperature was fitted (calibration.Calibration.to_dict); None: not fitted
+    intensity: dict | None = None  # per channel, the training images' spread of means and log stds
+    # (doubt.training_intensity); None: not recorded (older folders), the doubt score then has no intensity part
     input: str = INPUT_NOTE
 
     @property
@@ -83,7 +88,8 @@ class ModelMeta:
                 "input": self.input, "pipeline": self.pipeline, "tile": dataclasses.asdict(self.tile),
                 "training": self.training, "data": self.data, "epoch": self.epoch, "metrics": self.metrics,
                 "versions": self.versions, "weights_dtype": self.weights_dtype, "alpha_dropped": self.alpha_dropped,
-                "plan": self.plan, "temperature": self.temperature, "calibration": self.calibration}
+                "plan": self.plan, "temperature": self.temperature, "calibration": self.calibration,
+                "intensity": self.intensity}
         return json.loads(json.dumps(data))  # plain JSON types only (tuples become lists)
 
     def save(self, folder: Path) -> None:
@@ -123,7 +129,8 @@ class ModelMeta:
                    training=data["training"], data=data["data"], epoch=data["epoch"], metrics=data["metrics"],
                    versions=data["versions"], weights_dtype=data["weights_dtype"], input=data["input"],
                    alpha_dropped=data.get("alpha_dropped"), plan=data.get("plan"),
-                   temperature=float(data.get("temperature", 1.0)), calibration=data.get("calibration"))
+                   temperature=float(data.get("temperature", 1.0)), calibration=data.get("calibration"),
+                   intensity=data.get("intensity"))
 
 
 def _checked_version(data, file) -> dict:
@@ -178,6 +185,7 @@ def _check_entries(file, data: dict) -> ClassMap:
     _check_pipeline(data["pipeline"], channels, damaged)
     _check_tile(data, damaged)
     _check_temperature(data.get("temperature", 1.0), damaged)
+    _check_intensity(data.get("intensity"), channels, damaged)
     alpha = data.get("alpha_dropped")
     if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))):
         raise damaged(f"alpha_dropped is {alpha!r}, not an alpha value (or null)")
@@ -209,3 +217,18 @@ def _check_tile(data: dict, damaged) -> None:
 def _check_temperature(temperature, damaged) -> None:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
         raise damaged(f"temperature is {temperature!r}, not a positive number")
+
+
+INTENSITY_KEYS = ("mean", "mean_spread", "log_std", "log_std_spread")
+
+
+def _check_intensity(intensity, channels: int, damaged) -> None:
+    if intensity is None:
+        return
+    try:
+        fits = all(len(intensity[key]) == channels and all(math.isfinite(float(v)) for v in intensity[key])
+                   for key in INTENSITY_KEYS)
+    except (KeyError, TypeError, ValueError) as err:
+        raise damaged(f"the intensity entry is invalid ({type(err).__name__}: {err})") from None
+    if not fits:
+        raise damaged(f"the intensity entry does not hold {channels} finite value(s) per statistic")

@@ -15,9 +15,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .display import class_outlines, display_levels, outline_width
+from .doubt import Doubt
 from .errors import OutputError, UnetcliError, UsageError
+from .geotiff import tiff_bytes
 from .images import remove_stale_temp_files, write_bytes_atomic, write_png
 from .instances import CSV_COLUMNS, InstanceOptions, label_instances, object_classes, object_rows
+from .stacks import tiff_layout, tiff_outputs
 
 if TYPE_CHECKING:
     from .predictor import Predictor
@@ -57,9 +60,12 @@ class PredictOptions:
     shard: tuple[int, int] = (1, 1)
     overlay_alpha: float = 0.4
     instances: InstanceOptions = field(default_factory=InstanceOptions)  # --objects, --split, --min-size
+    review: int | None = None  # --review N: OUT/review.png and review.txt of the N most doubtful images; None: none
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "save", resolve_save(self.save))
+        if self.review is not None and (isinstance(self.review, bool) or not isinstance(self.review, int) or self.review < 1):
+            raise UsageError(f"--review {self.review!r}: give the number of most doubtful images to show (1 or more)")
 
 
 @dataclass
@@ -73,13 +79,20 @@ class PredictResult:
     error: str | None = None
     exit_code: int = 0
     objects: dict[str, int] | None = None  # --save instances: objects per object class
+    pages: int | None = None  # a stack: its pages (each output is a stack of as many)
+    doubt: Doubt | None = None  # predicted images: how much the prediction deserves a human look (doubt.py)
+    thumbnail: np.ndarray | None = field(default=None, repr=False)  # --review: a small overlay (not in the JSON)
 
     def to_json(self) -> str:
         data = {"input": str(self.input), "status": self.status, "outputs": self.outputs}
         if self.status == "ok":
             data.update(classes_present=self.classes_present, foreground_fraction=self.foreground_fraction)
+        if self.doubt is not None:
+            data["doubt"] = self.doubt.to_dict()
         if self.objects is not None:
             data["objects"] = self.objects
+        if self.pages is not None:
+            data["pages"] = self.pages
         if self.warning:
             data["warning"] = self.warning
         if self.error:
@@ -99,7 +112,9 @@ OBJECT_ROWS = ".objects"  # OUT/.objects/<stem>_instances.csv: each image's rows
 def output_paths(path: Path, options: PredictOptions, probability_channels: int = 1) -> dict[str, Path]:
     """kind -> file. --save probs writes `<stem>_probs.png` for a binary model (the foreground's probability)
     and `<stem>_probs_<class id>.png` per class otherwise; --save instances `<stem>_instances.tif` and, as kind
-    'objects', its rows for objects.csv in OUT/.objects/ (written first, so the .tif implies them)."""
+    'objects', its rows for objects.csv in OUT/.objects/ (written first, so the .tif implies them). Stacks and
+    GeoTIFFs get TIFFs (.tif) instead of PNGs: stacks of pages (stacks.py), or carrying the georeferencing (geotiff.py)."""
+    picture = ".tif" if tiff_outputs(path) else ".png"
     paths = {}
     for kind in options.save:
         stem = f"{path.stem}{SUFFIXES[kind]}"
@@ -107,9 +122,9 @@ def output_paths(path: Path, options: PredictOptions, probability_channels: int 
             paths["objects"] = options.out_dir / OBJECT_ROWS / f"{stem}.csv"
             paths[kind] = options.out_dir / f"{stem}.tif"
         elif kind != "probs" or probability_channels == 1:
-            paths[kind] = options.out_dir / f"{stem}.png"
+            paths[kind] = options.out_dir / f"{stem}{picture}"
         else:
-            paths.update({f"probs_{k}": options.out_dir / f"{stem}_{k}.png" for k in range(probability_channels)})
+            paths.update({f"probs_{k}": options.out_dir / f"{stem}_{k}{picture}" for k in range(probability_channels)})
     return paths
 
 
@@ -157,20 +172,12 @@ def check_objects(predictor: Predictor, options: PredictOptions) -> None:
         object_classes(predictor.class_map, options.instances.objects)
 
 
-def _csv_bytes(rows: list[dict]) -> bytes:
+def csv_bytes(rows: list[dict]) -> bytes:
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return text.getvalue().encode()
-
-
-def _tiff_bytes(labels: np.ndarray) -> bytes:
-    import tifffile
-
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, labels, compression="zlib", photometric="minisblack")
-    return buffer.getvalue()
 
 
 def write_instances(predictor: Predictor, path: Path, ids: np.ndarray, probs: np.ndarray | None, targets: dict[str, Path],
@@ -179,8 +186,8 @@ def write_instances(predictor: Predictor, path: Path, ids: np.ndarray, probs: np
     (both atomically, in that order). Returns the objects per class."""
     class_map = predictor.class_map
     found = label_instances(ids, class_map, options.instances)
-    write_bytes_atomic(targets["objects"], _csv_bytes(object_rows(found, class_map, probs, str(path))))
-    write_bytes_atomic(targets["instances"], _tiff_bytes(found.image()))
+    write_bytes_atomic(targets["objects"], csv_bytes(object_rows(found, class_map, probs, str(path))))
+    write_bytes_atomic(targets["instances"], tiff_bytes(found.image(), tags=tiff_layout(path).geo_tags))
     return found.counts(class_map, object_classes(class_map, options.instances.objects))
 
 
@@ -193,7 +200,7 @@ def write_objects_table(out_dir: Path) -> Path:
             with open(part, newline="") as handle:
                 rows.extend(csv.DictReader(handle))
     target = out_dir / OBJECTS_CSV
-    write_bytes_atomic(target, _csv_bytes(rows))
+    write_bytes_atomic(target, csv_bytes(rows))
     return target
 
 
@@ -219,23 +226,38 @@ def write_outputs(predictor: Predictor, path: Path, image: np.ndarray, *, ids: n
         for kind, target in targets.items():
             if kind == "instances":
                 objects = write_instances(predictor, path, ids, probs, targets, options)
-            elif kind == "objects":
-                continue  # written by write_instances, before the label image
-            elif kind.startswith("probs"):
-                write_png(target, probs[0 if kind == "probs" else int(kind.removeprefix("probs_"))])
-            elif kind == "mask":
-                palette = class_map.palette if class_map.mode == "palette" else None
-                write_png(target, class_map.encode(ids), palette)
-            elif kind == "color":
-                write_png(target, class_map.colourise(ids))
-            elif kind == "overlay":
-                write_png(target, overlay(image, class_map.overlay_colours, ids, alpha=options.overlay_alpha))
+            elif kind != "objects":  # (objects: written by write_instances, before the label image)
+                array, palette = output_page(kind, predictor, image, ids, probs, options)
+                if target.suffix == ".tif":
+                    write_bytes_atomic(target, tiff_bytes(array, palette=palette, tags=tiff_layout(path).geo_tags))
+                else:
+                    write_png(target, array, palette)
     except UnetcliError as err:
         return PredictResult(path, "error", error=str(err), exit_code=err.exit_code)
-    present = np.flatnonzero(np.bincount(ids.ravel(), minlength=class_map.num_classes))
-    fraction = float((ids > 0).mean())
+    return finished(path, class_map, np.bincount(ids.ravel(), minlength=class_map.num_classes), targets, objects)
+
+
+def output_page(kind: str, predictor: Predictor, image: np.ndarray, ids: np.ndarray, probs: np.ndarray | None,
+                options: PredictOptions) -> tuple[np.ndarray, tuple[int, ...] | None]:
+    """The pixels of one output kind (mask, color, overlay, probs, probs_<k>) of one prediction, and the palette a
+    palette mask keeps: for single files and for the pages of output stacks (stack_outputs.py)."""
+    class_map = predictor.class_map
+    if kind.startswith("probs"):
+        return probs[0 if kind == "probs" else int(kind.removeprefix("probs_"))], None
+    if kind == "mask":
+        return class_map.encode(ids), class_map.palette if class_map.mode == "palette" else None
+    if kind == "color":
+        return class_map.colourise(ids), None
+    return overlay(image, class_map.overlay_colours, ids, alpha=options.overlay_alpha), None
+
+
+def finished(path: Path, class_map, class_counts: np.ndarray, targets: dict[str, Path], objects: dict[str, int] | None,
+             pages: int | None = None) -> PredictResult:
+    """The result of an input whose files are written: `class_counts`, its predicted pixels per class id."""
+    present = np.flatnonzero(class_counts)
+    fraction = float(class_counts[1:].sum() / max(1, class_counts.sum()))
     warning = None
     if fraction == 0.0:
         warning = f"{path}: the prediction is entirely {class_map.classes[0].name}; check that the image resembles the training data"
     return PredictResult(path, "ok", listed_outputs(targets), classes_present=[class_map.classes[i].name for i in present],
-                         foreground_fraction=round(fraction, 6), warning=warning, objects=objects)
+                         foreground_fraction=round(fraction, 6), warning=warning, objects=objects, pages=pages)

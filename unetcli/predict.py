@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .doubt import PixelDoubt, image_doubt
 from .errors import DataError, UnetcliError
 from .images import read_image
 from .inputs import select_shard
@@ -29,6 +30,9 @@ from .outputs import (
     write_outputs,
 )
 from .predictor import AUTO_BATCH, Predictor, match_channels
+from .review import ReviewSheet, review_thumbnail
+from .stack_outputs import predict_stack
+from .stacks import page_count
 
 PREFETCH_BYTES = 256 * 2 ** 20  # decoded images held ahead of the network: at most this much (but at least one image)
 
@@ -60,7 +64,19 @@ def prefetch(executor, function, items: list, *, depth: int, size_of=None, budge
 
 def predict_files(predictor: Predictor, paths: list[Path], options: PredictOptions) -> Iterator[PredictResult]:
     """Predict every path; a failing input yields an error result and the batch goes on. With --save instances,
-    OUT/objects.csv is rebuilt once every input is done (objects are labelled per image in the write-behind)."""
+    OUT/objects.csv is rebuilt once every input is done (objects are labelled per image in the write-behind); with
+    --review N, OUT/review.png and review.txt are written then (review.py)."""
+    sheet = ReviewSheet(options.review) if options.review else None
+    for result in _predict_all(predictor, paths, options):
+        if sheet is not None:
+            sheet.offer(result)
+            result.thumbnail = None  # the sheet holds what it keeps
+        yield result
+    if sheet is not None:
+        sheet.write(options.out_dir)
+
+
+def _predict_all(predictor: Predictor, paths: list[Path], options: PredictOptions) -> Iterator[PredictResult]:
     check_save_kinds(options.save)
     check_objects(predictor, options)
     paths = select_shard(paths, options.shard)
@@ -71,7 +87,10 @@ def predict_files(predictor: Predictor, paths: list[Path], options: PredictOptio
     for path in paths:
         if path in done:
             yield PredictResult(path, "skipped", listed_outputs(targets[path]))
-    yield from _predict_batches(predictor, [path for path in paths if path not in done], options)
+    todo = [path for path in paths if path not in done]
+    stacked = {path for path in todo if page_count(path) > 1}  # TIFF stacks: page by page into output stacks
+    yield from _predict_batches(predictor, [path for path in todo if path not in stacked], options)
+    yield from (predict_stack(predictor, path, options) for path in todo if path in stacked)
     if "instances" in options.save:
         write_objects_table(options.out_dir)
 
@@ -87,13 +106,14 @@ def _predict_batches(predictor: Predictor, todo: list[Path], options: PredictOpt
         pending: list = []  # (path, image) of one size, waiting to fill a batch
         writes: list = []
 
-        def write(path: Path, image, ids, probs) -> None:
-            writes.append(writers.submit(write_outputs, predictor, path, image, ids=ids, probs=probs, options=options))
+        def write(path: Path, image, ids, probs, counted) -> None:
+            writes.append(writers.submit(_write, predictor, path, image, ids=ids, probs=probs, counted=counted,
+                                         options=options))
 
         def flush():
-            ids, probs = predictor.predict_batch_maps([image for _, image in pending], with_probs)
+            ids, probs, counted = predictor.predict_batch_doubt([image for _, image in pending], with_probs)
             for i, (path, image) in enumerate(pending):
-                write(path, image, ids[i], None if probs is None else probs[i])
+                write(path, image, ids[i], None if probs is None else probs[i], counted[i])
             pending.clear()
 
         for path, (image, error) in zip(todo, decoded):
@@ -106,7 +126,7 @@ def _predict_batches(predictor: Predictor, todo: list[Path], options: PredictOpt
                 yield PredictResult(path, "error", error=str(err), exit_code=err.exit_code)
                 continue
             if predictor.needs_tiles(image):
-                write(path, image, *predictor.predict_image_maps(image, path, with_probs))
+                write(path, image, *predictor.predict_image_doubt(image, path, with_probs))
             else:
                 if pending and (pending[0][1].shape != image.shape or len(pending) >= predictor.images_per_forward(*image.shape[:2])):
                     flush()
@@ -119,3 +139,14 @@ def _predict_batches(predictor: Predictor, todo: list[Path], options: PredictOpt
             flush()
         for future in writes:
             yield future.result()
+
+
+def _write(predictor: Predictor, path: Path, image, *, ids, probs, counted: PixelDoubt,
+           options: PredictOptions) -> PredictResult:
+    """write_outputs, then the image's doubt (and with --review its overlay thumbnail), in the write-behind thread."""
+    result = write_outputs(predictor, path, image, ids=ids, probs=probs, options=options)
+    if result.status == "ok":
+        result.doubt = image_doubt(counted, image, predictor.intensity)
+        if options.review:
+            result.thumbnail = review_thumbnail(image, ids, predictor.class_map.overlay_colours, options.overlay_alpha)
+    return result

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .channels import match_channels
+from .doubt import PixelDoubt, uncertain_pixels
 from .errors import CompileFailedWarning, ModelFolderError, UsageError, first_line
 from .images import to_unit_range
 from .masks import ClassMap
@@ -26,6 +27,7 @@ PIXELS_PER_FORWARD = 2 ** 21  # at most 2 MP per forward pass (2 tiles of 1024^2
 CPU_PIXELS_PER_FORWARD = 2 ** 18  # batch size auto on CPU: a quarter megapixel per pass is fastest (measured: 512^2
 # images at batch 1 run 20 % faster per pixel than at batch 4; 128^2 ones twice as fast at batch 8 as at batch 1)
 AUTO_BATCH = 8  # batch size auto elsewhere: up to this many images (within PIXELS_PER_FORWARD)
+TTA_FLIPS = ((), (3,), (2,), (2, 3))  # --tta: the image as it is, flipped horizontally, vertically and both
 
 
 def parse_tile(tile: str | int, default: int) -> int | None:
@@ -60,7 +62,7 @@ class Predictor:
 
     def __init__(self, model, class_map: ClassMap, eval_pipeline, *, in_channels: int, device, precision,
                  threshold: float = DEFAULT_THRESHOLD, tile: int | None = None, overlap: float = DEFAULT_OVERLAP, tta: bool = False,
-                 batch_size: int = 0, compile_model: bool = False, temperature: float = 1.0):
+                 batch_size: int = 0, compile_model: bool = False, temperature: float = 1.0, intensity: dict | None = None):
         import torch
 
         self.torch = torch
@@ -75,6 +77,7 @@ class Predictor:
         self.tta = tta  # average over horizontal, vertical and both flips
         self.batch_size = batch_size  # images per forward pass at most; 0: auto (see images_per_forward)
         self.temperature = temperature  # logits / temperature: calibrated probabilities (calibration.py)
+        self.intensity = intensity  # the training images' intensity statistics (doubt.py); None: not stored
         memory_format = torch.channels_last if precision.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=memory_format)
         self.compiled = None  # torch.compile'd model (--compile); compiled at the first call, eager if that fails
@@ -111,7 +114,8 @@ class Predictor:
                    threshold=loaded.threshold if threshold is None else check_threshold(threshold),
                    tile=parse_tile(tile, defaults.size),
                    overlap=defaults.overlap if overlap is None else check_overlap(overlap), tta=tta,
-                   batch_size=batch_size, compile_model=compile_model, temperature=loaded.temperature)
+                   batch_size=batch_size, compile_model=compile_model, temperature=loaded.temperature,
+                   intensity=loaded.meta.intensity)
 
     def preprocess(self, image: np.ndarray, path: Path | str = "image") -> np.ndarray:
         """H x W x C stored image -> C x H' x W' float32, normalised and padded to the stride."""
@@ -123,19 +127,43 @@ class Predictor:
     def logits(self, batch: np.ndarray, height: int, width: int):
         """Padded batch (N, C, H', W') -> float32 logits cropped back to (N, K, height, width), on CPU, divided by
         the temperature."""
+        return self.logits_and_disagreement(batch, height, width)[0]
+
+    def logits_and_disagreement(self, batch: np.ndarray, height: int, width: int):
+        """As `logits`, and with --tta the pixels on which the flipped views decide differently: (N, height, width)
+        float32, 1 where they disagree (None without TTA). Only the batch's views are held, never more."""
         torch = self.torch
         x = torch.from_numpy(batch).to(self.device, non_blocking=True)
         if self.precision.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         self.model.eval()
+        disagreement = None
         with torch.inference_mode(), self.precision.autocast(self.device):
             if self.tta:
-                flips = ((), (3,), (2,), (2, 3))
-                out = sum(self._flipped(self._forward(self._flipped(x, dims)).float(), dims) for dims in flips) / len(flips)
+                views = [self._flipped(self._forward(self._flipped(x, dims)).float(), dims)[:, :, :height, :width]
+                         for dims in TTA_FLIPS]
+                out = sum(views) / len(views)
+                disagreement = self._views_disagree(views).cpu().numpy()
             else:
-                out = self._forward(x)
-        out = out[:, :, :height, :width].float().cpu()
-        return out / self.temperature if self.temperature != 1.0 else out
+                out = self._forward(x)[:, :, :height, :width]
+        out = out.float().cpu()
+        return (out / self.temperature if self.temperature != 1.0 else out), disagreement
+
+    def _views_disagree(self, views: list):
+        """Raw (uncalibrated) logits of the TTA views -> (N, H, W) float32, 1 where their class decisions differ."""
+        if self.class_map.is_binary:  # logit / T > logit(threshold)  <=>  logit > T * logit(threshold)
+            centre = self.temperature * float(np.log(self.threshold / (1 - self.threshold)))
+            decisions = [view[:, 0] > centre for view in views]
+        else:
+            decisions = [view.argmax(dim=1) for view in views]
+        differs = sum((d != decisions[0]).to(self.torch.uint8) for d in decisions[1:])
+        return (differs > 0).float()
+
+    def pixel_doubt(self, logits: np.ndarray, disagreement: np.ndarray | None) -> PixelDoubt:
+        """(K, H, W) final logits (and the TTA disagreement map, H x W) -> what doubt.py needs of them."""
+        return PixelDoubt(logits.shape[1] * logits.shape[2],
+                          uncertain_pixels(logits, binary=self.class_map.is_binary, threshold=self.threshold),
+                          None if disagreement is None else float(disagreement.sum(dtype=np.float64)))
 
     def _forward(self, x):
         if self.compiled is not None:
@@ -178,10 +206,16 @@ class Predictor:
     def predict_batch_maps(self, images: list[np.ndarray], probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Same-size stored images, predicted whole -> class ids (N, H, W) uint8 and, with `probs`, their
         probabilities (N, probability_channels, H, W) uint16 (else None)."""
+        return self.predict_batch_doubt(images, probs)[:2]
+
+    def predict_batch_doubt(self, images: list[np.ndarray], probs: bool) -> tuple[np.ndarray, np.ndarray | None, list[PixelDoubt]]:
+        """As `predict_batch_maps`, plus each image's PixelDoubt (doubt.py) from the same logits."""
         height, width = images[0].shape[:2]
         batch = np.stack([self.preprocess(image) for image in images])
-        logits = self.logits(batch, height, width)
-        return self.ids_from_logits(logits), self.probabilities(logits, axis=1) if probs else None
+        logits, disagreement = self.logits_and_disagreement(batch, height, width)
+        counted = [self.pixel_doubt(logits[i].numpy(), None if disagreement is None else disagreement[i])
+                   for i in range(len(images))]
+        return self.ids_from_logits(logits), self.probabilities(logits, axis=1) if probs else None, counted
 
     def images_per_forward(self, height: int, width: int) -> int:
         """How many images (or tiles) of this size go through the network together: --batch-size within the
@@ -203,20 +237,35 @@ class Predictor:
     def predict_image_maps(self, image: np.ndarray, path: Path | str, probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """One stored image -> class ids (H, W) uint8 and, with `probs`, its probabilities (probability_channels,
         H, W) uint16 (else None): whole when it fits a tile, else overlap-tile."""
+        return self.predict_image_doubt(image, path, probs)[:2]
+
+    def predict_image_doubt(self, image: np.ndarray, path: Path | str, probs: bool) -> tuple[np.ndarray, np.ndarray | None, PixelDoubt]:
+        """As `predict_image_maps`, plus the image's PixelDoubt (doubt.py), counted row band by row band when tiled."""
         image = match_channels(image, self.in_channels, path)
         if not self.needs_tiles(image):
-            ids, maps = self.predict_batch_maps([image], probs)
-            return ids[0], None if maps is None else maps[0]
+            ids, maps, counted = self.predict_batch_doubt([image], probs)
+            return ids[0], None if maps is None else maps[0], counted[0]
+        return self._predict_tiled(image, path, probs)
+
+    def _predict_tiled(self, image: np.ndarray, path: Path | str, probs: bool) -> tuple:
+        """(ids, probabilities or None, PixelDoubt) of an image predicted in overlapping tiles; with --tta the views'
+        disagreement is blended along with the logits, as one more channel."""
         ids = np.zeros(image.shape[:2], np.uint8)
         maps = np.zeros((self.probability_channels, *image.shape[:2]), np.uint16) if probs else None
+        with_disagreement = self.tta
+        counted = [PixelDoubt(0, 0, 0.0 if with_disagreement else None)]
 
         def take_rows(top: int, logits: np.ndarray) -> None:
+            disagreement = None
+            if with_disagreement:
+                logits, disagreement = logits[:-1], logits[-1]
             ids[top: top + logits.shape[1]] = self._ids_from_blended(logits)
             if maps is not None:
                 maps[:, top: top + logits.shape[1]] = self.probabilities(logits, axis=0)
+            counted[0] += self.pixel_doubt(logits, disagreement)
 
-        self._tiled(image, path, take_rows)
-        return ids, maps
+        self._tiled(image, path, take_rows, with_disagreement=with_disagreement)
+        return ids, maps, counted[0]
 
     def image_logits(self, image: np.ndarray, path: Path | str = "image") -> np.ndarray:
         """One stored image -> its logits (K, H, W) float32 (divided by the temperature), whole or overlap-tiled
@@ -232,16 +281,21 @@ class Predictor:
         self._tiled(image, path, take_rows)
         return out
 
-    def _tiled(self, image: np.ndarray, path: Path | str, take_rows) -> None:
-        """Predict `image` in overlapping tiles; `take_rows(top, logits)` receives the blended (K, rows, W) logits."""
+    def _tiled(self, image: np.ndarray, path: Path | str, take_rows, *, with_disagreement: bool = False) -> None:
+        """Predict `image` in overlapping tiles; `take_rows(top, logits)` receives the blended (K, rows, W) logits
+        (with_disagreement: K + 1 channels, the last the blended TTA disagreement)."""
         grid = plan_tiles(image.shape[0], image.shape[1], self.tile, self.overlap)
 
         def forward(tiles: list[np.ndarray]) -> np.ndarray:
             batch = np.stack([self.preprocess(tile, path) for tile in tiles])
-            return self.logits(batch, grid.tile_height, grid.tile_width).numpy()
+            logits, disagreement = self.logits_and_disagreement(batch, grid.tile_height, grid.tile_width)
+            if with_disagreement:
+                return np.concatenate([logits.numpy(), disagreement[:, None]], axis=1)
+            return logits.numpy()
 
         per_forward = self.images_per_forward(grid.tile_height, grid.tile_width)
-        blend(MirroredImage(image, grid), grid, forward, self.probability_channels, take_rows, per_forward)
+        channels = self.probability_channels + (1 if with_disagreement else 0)
+        blend(MirroredImage(image, grid), grid, forward, channels, take_rows, per_forward)
 
     def _ids_from_blended(self, logits: np.ndarray) -> np.ndarray:
         """(K, rows, W) blended logits -> (rows, W) ids; same rule as `ids_from_logits`."""

@@ -307,16 +307,20 @@ def _score(value) -> str:
     return "-" if value is None else str(value) if isinstance(value, int) else f"{value:.3f}"
 
 
-def evaluation_report(summary: dict, worst: list, class_colours: list, source: str = "") -> np.ndarray:
-    """One RGB picture of an evaluation: Dice per class, the confusion matrix, the object and boundary scores and
-    the worst images."""
+def evaluation_report(summary: dict, worst: list, class_colours: list, source: str = "",
+                      reliability: np.ndarray | None = None) -> np.ndarray:
+    """One RGB picture of an evaluation: Dice per class, the confusion matrix, the reliability diagram (a panel
+    drawn by reliability.py, when the evaluation had probabilities), the object and boundary scores and the
+    worst images."""
     names = list(summary["classes"])
     colours = np.asarray([tuple(c) for c in class_colours] or [PALETTE[k % len(PALETTE)] for k in range(len(names))], np.uint8)
     bars, matrix = _dice_bars(summary, colours), _confusion(summary["confusion_matrix"], names)
+    row = [bars, matrix] + ([] if reliability is None else [reliability])
     objects = _objects_panel(summary, colours)
     blocks = [_worst_block(k + 1, w, colours) for k, w in enumerate(worst)]
     margin = 16
-    width = max(bars.shape[1] + matrix.shape[1] + 3 * margin, 2 * margin + max((b.shape[1] for b in blocks), default=0), 1000,
+    width = max(sum(panel.shape[1] + margin for panel in row) + margin, 1000,
+                2 * margin + max((b.shape[1] for b in blocks), default=0),
                 0 if objects is None else objects.shape[1] + 2 * margin)
     # worst images side by side as far as the width allows
     lines: list[list[np.ndarray]] = []
@@ -325,7 +329,7 @@ def evaluation_report(summary: dict, worst: list, class_colours: list, source: s
             lines[-1].append(block)
         else:
             lines.append([block])
-    header_h, panels_h = 64, max(bars.shape[0], matrix.shape[0]) + (0 if objects is None else objects.shape[0] + 8)
+    header_h, panels_h = 64, max(panel.shape[0] for panel in row) + (0 if objects is None else objects.shape[0] + 8)
     worst_h = 40 + sum(max(b.shape[0] for b in line) + 12 for line in lines) if blocks else 0
     canvas = _blank(header_h + panels_h + worst_h + margin, width)
     mean_iou = summary.get("mean_iou")
@@ -335,8 +339,10 @@ def evaluation_report(summary: dict, worst: list, class_colours: list, source: s
     if source:
         _text(canvas, _ascii(source, 120), (margin, 52), 0.45, GREY)
     cv2.line(canvas, (margin, header_h - 4), (width - margin, header_h - 4), LIGHT, 1)
-    _paste(canvas, bars, margin, header_h)
-    _paste(canvas, matrix, 2 * margin + bars.shape[1], header_h)
+    x = margin
+    for panel in row:  # Dice bars | confusion matrix | reliability diagram
+        _paste(canvas, panel, x, header_h)
+        x += panel.shape[1] + margin
     if objects is not None:
         _paste(canvas, objects, margin, header_h + panels_h - objects.shape[0])
     if blocks:

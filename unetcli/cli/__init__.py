@@ -1,6 +1,6 @@
 """The command-line interface: `unetcli COMMAND ...`. Importing this package registers every command on `app`."""
 
-from . import calibrate, demo, evaluate, model, plan, predict, train  # noqa: F401 - each module registers its commands
+from . import audit, calibrate, demo, evaluate, model, plan, predict, train  # noqa: F401 - each module registers its commands
 from .app import app
 
 

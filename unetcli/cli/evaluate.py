@@ -101,6 +101,11 @@ def evaluate(
             print(json.dumps(summary))
         else:
             out_console.print(scores_table(summary))
+            if summary.get("ece") is not None:
+                bins = len(summary["reliability"]["pixels"])
+                out_console.print(f"calibration: ECE {fmt(summary['ece'])} ({bins} confidence bins), Brier score "
+                                  f"{fmt(summary['brier'])}, over {summary['calibration_pixels']} sampled pixels",
+                                  soft_wrap=True)
             if summary.get("objects"):
                 out_console.print(objects_table(summary))
 
@@ -135,6 +140,10 @@ def _check_summary(report: dict) -> str:
     """check's findings as one line of words (nothing printed as None when a fact is unknown)."""
     pairs, readable = report["pairs"], report["readable"]
     pairs_text = f"{pairs} pair{'' if pairs == 1 else 's'}"
+    if report.get("stacks"):  # stack file -> its pages, each a pair
+        stacks = report["stacks"]
+        listed = [f"{Path(name).name}: {count} pages" for name, count in stacks.items()]
+        pairs_text += f" ({'; '.join(listed[:3])}{'; ...' if len(listed) > 3 else ''})"
     if not readable:
         return f"{pairs_text}, none readable: see the problems below"
     channels = report["channels"]
@@ -161,19 +170,23 @@ def check(
     """Pre-flight a dataset: pairs, sizes, channels, mask values -> classes, and every problem found."""
 
     def action():
-        from ..data import find_pairs, resolve_layout, scan_dataset
+        from ..data import find_pairs, resolve_layout
         from ..options import parse_classes
+        from ..scan import scan_dataset
 
         pairs = find_pairs(*resolve_layout(data, images, masks))
         scan = scan_dataset(pairs, mask_mode=mask_mode, ignore_value=ignore_index, class_map_file=class_map,
                             num_classes=parse_classes(classes))
         sizes = scan.sizes
+        from ..stacks import stack_pages
+
         report = {
             "pairs": len(pairs),
+            "stacks": {str(path): count for path, count in stack_pages(pairs).items()},
             "readable": len(scan.samples),
             "channels": scan.in_channels,
             "alpha": scan.alpha.to_dict() if scan.alpha else None,
-            "dtypes": sorted({str(s.image.dtype) for s in scan.samples}),
+            "dtypes": sorted({s.dtype for s in scan.samples}),
             "min_size": [min(h for h, _ in sizes), min(w for _, w in sizes)] if sizes else None,
             "max_size": [max(h for h, _ in sizes), max(w for _, w in sizes)] if sizes else None,
             "classes": scan.class_map.to_dict() if scan.class_map else None,

@@ -100,6 +100,8 @@ def predict(
                                                 "after a compile of a minute or more (needs a C++ compiler on CPU); falls back to eager if it fails.")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose outputs already exist.")] = False,
     shard: Annotated[str | None, typer.Option("--shard", help="K/N: process only the K-th of N interleaved shares.")] = None,
+    review: Annotated[int | None, typer.Option("--review", metavar="N", help="Write OUT/review.png (a contact sheet of the N most "
+                                               "doubtful predictions' overlays) and OUT/review.txt (their paths, most doubtful first).")] = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     as_json: JsonOpt = False,
@@ -125,7 +127,7 @@ def predict(
         if shard is None and env.world > 1:  # under torchrun each rank takes its share
             share = (env.rank + 1, env.world)
         options = PredictOptions(out_dir=out, save=tuple(s.strip() for s in save.split(",") if s.strip()),
-                                 skip_existing=skip_existing, shard=share,
+                                 skip_existing=skip_existing, shard=share, review=review,
                                  instances=instance_options(objects, split, min_size, options_save(save)))
         predictor = Predictor.from_folder(resolve_model_dir(model), device=device, precision=precision, tile=tile,
                                           overlap=overlap, tta=tta, threshold=threshold, batch_size=batch_size,
