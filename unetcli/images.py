@@ -20,11 +20,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError, OutputError, UnetcliError, UsageError
+from .pngfacts import DamagedPng, PngFacts, png_facts
 
 IMAGE_EXTENSIONS = frozenset(
-    ".png .jpg .jpeg .jpe .tif .tiff .bmp .dib .webp .jp2 .pbm .pgm .ppm .pnm .pxm .sr .ras .exr .hdr .pic".split()
+    [".png", ".jpg", ".jpeg", ".jpe", ".tif", ".tiff", ".bmp", ".dib", ".webp", ".jp2", ".pbm", ".pgm", ".ppm", ".pnm", ".pxm", ".sr", ".ras", ".exr", ".hdr", ".pic"]
 )
-LOSSY_EXTENSIONS = frozenset(".jpg .jpeg .jpe .jp2".split())
+LOSSY_EXTENSIONS = frozenset([".jpg", ".jpeg", ".jpe", ".jp2"])
 DEFAULT_MAX_PIXELS = 1 << 30  # about 32k x 32k; override with UNETCLI_MAX_PIXELS
 
 _PILLOW_LIMIT = threading.Lock()
@@ -116,10 +117,27 @@ def _check_single_image(header: Image.Image, path: Path) -> None:
     except (OSError, ValueError, SyntaxError, EOFError):
         return  # a damaged frame chain: decoding decides
     if frames > 1:
-        raise DataError(
-            f"{path}: an animation of {frames} frames, and unetcli reads still images; save each frame as its own "
-            "file, or the frames as a multi-page TIFF stack (e.g. with Fiji: File > Save As > Tiff)"
-        )
+        raise _animation(path, frames)
+
+
+def _animation(path: Path, frames: int) -> DataError:
+    return DataError(f"{path}: an animation of {frames} frames, and unetcli reads still images; save each frame as its "
+                     "own file, or the frames as a multi-page TIFF stack (e.g. with Fiji: File > Save As > Tiff)")
+
+
+def _plain_png(data: np.ndarray, path: Path) -> PngFacts | None:
+    """A PNG's facts, its chunks checked and its size within the limit, when it needs no Pillow (no EXIF block that
+    could turn it); None for other files and PNGs with EXIF, which take the Pillow path."""
+    try:
+        facts = png_facts(data)
+    except DamagedPng:
+        raise _undecodable(path) from None
+    if facts is None or facts.exif:
+        return None
+    check_pixel_limit(path, facts.width, facts.height)
+    if facts.frames > 1:
+        raise _animation(path, facts.frames)
+    return facts
 
 
 EXIF_ORIENTATION = 0x0112
@@ -168,24 +186,18 @@ def _undecodable(path: Path) -> DataError:
     )
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
 def _check_png(data: np.ndarray, path: Path) -> None:
-    """Chunk CRCs and completeness of a PNG, checked by Pillow without decoding pixels: a damaged file is
+    """Chunk CRCs and completeness of a PNG (pngfacts.py), checked without decoding pixels: a damaged file is
     refused here rather than by libpng, which also prints its own 'libpng error: ...' line on stderr."""
-    if data[:8].tobytes() != PNG_SIGNATURE:
-        return
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _open(io.BytesIO(data)).verify()
-    except Exception:  # noqa: BLE001 - Pillow raises many types for damaged files
+        png_facts(data)
+    except DamagedPng:
         raise _undecodable(path) from None
 
 
-def _decode(data: np.ndarray, path: Path) -> np.ndarray:
-    _check_png(data, path)
+def _decode(data: np.ndarray, path: Path, *, checked: bool = False) -> np.ndarray:
+    if not checked:  # (a plain PNG's chunks were checked by _plain_png)
+        _check_png(data, path)
     try:
         array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error:
@@ -210,6 +222,8 @@ def read_image(path: str | Path, page: int | None = None) -> np.ndarray:
         with Stack(path) as stack:
             return stack.image(page)
     data = _read_bytes(path)
+    if _plain_png(data, path) is not None:
+        return image_array(_decode(data, path, checked=True), path)
     header = _peek(data, path)
     return image_array(_as_viewers_show(_decode(data, path), header), path)
 
@@ -275,6 +289,9 @@ def read_mask(path: str | Path, page: int | None = None) -> RawMask:
             return RawMask(array, "palette", palette)
         return _mask_values(array, page_label(path, page))
     data = _read_bytes(path)
+    png = _plain_png(data, path)
+    if png is not None and not png.palette:
+        return _mask_values(_decode(data, path, checked=True), path)
     header = _peek(data, path)
     if header is not None and header.mode in ("P", "PA"):
         try:
