@@ -10,6 +10,8 @@ ensemble passes so a busy machine slows both alike; images/s of each and their r
 
     nice python benchmarks/bench_folds.py [--folds 3] [--epochs 6] [--samples 64] [--json benchmarks/results/folds.json]
     nice python benchmarks/bench_folds.py --speed-only    (1 epoch of 16 crops per model: throughput, no quality)
+    nice python benchmarks/bench_folds.py --folds 5 --epochs 8 --samples 128 --single-epochs 40
+        (the single model trains as long as the five folds together)
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--single-epochs", type=int, default=None,
+                        help="epochs of the single model (default --epochs; folds x epochs: the same total training)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--speed-only", action="store_true", help="train 1 epoch of 16 crops; measure throughput only")
@@ -86,7 +90,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         train, test = link_slices(Path(tmp) / "train", TRAIN_SLICES), link_slices(Path(tmp) / "test", TEST_SLICES)
         timings = {}
-        for name, extra in (("single", ["--val-split", "0.2"]), ("ensemble", ["--folds", args.folds])):
+        single = ["--val-split", "0.2", "--epochs", args.single_epochs or args.epochs]  # (the last --epochs counts)
+        for name, extra in (("single", single), ("ensemble", ["--folds", args.folds])):
             start = time.monotonic()
             cli("train", train, "-o", Path(tmp) / name, *fixed, *extra)
             timings[name] = round(time.monotonic() - start, 1)
@@ -99,7 +104,7 @@ def main() -> None:
     report = {
         "machine": {**cpu_facts(), "precision": pick_precision("auto", pick_device("cpu")).name,
                     "threads": __import__("torch").get_num_threads()},
-        "options": {"folds": args.folds, "epochs": args.epochs, "samples_per_epoch": args.samples, "seed": args.seed,
+        "options": {"folds": args.folds, "epochs": args.epochs, "single_epochs": args.single_epochs or args.epochs, "samples_per_epoch": args.samples, "seed": args.seed,
                     "model": "resnet18, decoder 128, crop 256, light augmentation, not planned"},
         "train_seconds": timings, "held_out_25_29": quality, "folds_alone_25_29": folds,
         "cross_validated": {"mean": cv["mean"].get("score"), "sd": cv["sd"].get("score")},
