@@ -79,3 +79,24 @@ def check_alpha(ranges: list[tuple[float, float]]) -> AlphaCheck:
     if not varying and len(constants) == 1:
         return AlphaCheck(len(ranges), constants[0])
     return AlphaCheck(len(ranges), None, varying, tuple(constants) if not varying else ())
+
+
+ROWS_PER_BLOCK = 256  # channel sums are taken over blocks of rows: a float64 copy of a whole huge image is not needed
+
+
+def channel_sums(image: np.ndarray) -> np.ndarray:
+    """H x W x C stored image -> 2 x C float64: per channel, the sum and the sum of squares of its values in [0, 1]
+    units (as the pipeline sees them: integer images scaled by their dtype's range), taken in blocks of rows."""
+    from .images import to_unit_range
+
+    sums = np.zeros((2, image.shape[2]))
+    for top in range(0, image.shape[0], ROWS_PER_BLOCK):
+        block = to_unit_range(image[top: top + ROWS_PER_BLOCK]).reshape(-1, image.shape[2]).astype(np.float64)
+        sums += (block.sum(axis=0), np.square(block).sum(axis=0))
+    return sums
+
+
+def mean_and_std(sums: np.ndarray, pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation from `channel_sums` over `pixels` pixels."""
+    mean = sums[0] / pixels
+    return mean, np.sqrt(np.maximum(sums[1] / pixels - mean**2, 0.0))

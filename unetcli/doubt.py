@@ -18,14 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .images import to_unit_range
+from .channels import channel_sums, mean_and_std
 
 UNCERTAIN_MARGIN = 0.5  # top-two probability margin below which a pixel counts as uncertain
 TYPICAL_Z = 3.0  # intensity z-scores up to this are ordinary variation between images (three spreads): no shift
 Z_SCALE = 3.0  # beyond TYPICAL_Z, the shift part reaches 1 - 1/e at z = TYPICAL_Z + Z_SCALE
 MIN_MEAN_SPREAD = 0.02  # floor of the training images' spread of means (unit range: 5 of 255 grey levels)
 MIN_LOG_STD_SPREAD = 0.1  # floor of their spread of log standard deviations (10 % contrast)
-ROWS_PER_BLOCK = 256  # image statistics are summed over blocks of rows (bounded memory on huge images)
 
 
 @dataclass(frozen=True)
@@ -68,17 +67,8 @@ def uncertain_pixels(logits: np.ndarray, *, binary: bool, threshold: float) -> i
 
 
 def image_statistics(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """H x W x C stored image -> its per-channel mean and standard deviation in [0, 1] units (as the pipeline sees
-    it: integer images scaled by their dtype's range), summed in blocks of rows so huge images need little memory."""
-    total = np.zeros(image.shape[2])
-    squares = np.zeros(image.shape[2])
-    for top in range(0, image.shape[0], ROWS_PER_BLOCK):
-        block = to_unit_range(image[top: top + ROWS_PER_BLOCK]).reshape(-1, image.shape[2]).astype(np.float64)
-        total += block.sum(axis=0)
-        squares += np.square(block).sum(axis=0)
-    pixels = image.shape[0] * image.shape[1]
-    mean = total / pixels
-    return mean, np.sqrt(np.maximum(squares / pixels - mean ** 2, 0.0))
+    """H x W x C stored image -> its per-channel mean and standard deviation in [0, 1] units (channels.channel_sums)."""
+    return mean_and_std(channel_sums(image), image.shape[0] * image.shape[1])
 
 
 def training_intensity(statistics) -> dict:

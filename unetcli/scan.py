@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .channels import AlphaCheck, alpha_range, check_alpha, match_channels
+from .channels import AlphaCheck, alpha_range, channel_sums, check_alpha, match_channels, mean_and_std
 from .data import Pair, _short_list, read_pair_mask, read_sample
 from .errors import DataError
-from .images import RawMask, to_unit_range
+from .images import RawMask
 from .instance_masks import instance_signs, object_ids
 from .mask_modes import infer_class_map
 from .masks import IGNORE_ID, ClassMap, MaskStats, mask_stats
@@ -214,10 +214,8 @@ def _read_pair(pair: Pair, in_channels: int | None) -> _PairFigures | DataError:
         image = sample.image if in_channels is None else match_channels(sample.image, in_channels, pair.image)
     except DataError as err:
         return err
-    unit = to_unit_range(image).reshape(-1, image.shape[2]).astype(np.float64)
-    sums = np.stack([unit.sum(axis=0), np.square(unit).sum(axis=0)])
-    mean = sums[0] / unit.shape[0]
-    std = np.sqrt(np.maximum(sums[1] / unit.shape[0] - mean**2, 0.0))
+    sums = channel_sums(image)
+    mean, std = mean_and_std(sums, image.shape[0] * image.shape[1])
     entry = ScannedPair(pair, image.shape, str(image.dtype), image=image, statistics=np.stack([mean, std]))
     return _PairFigures(entry, sums, alpha_range(image), mask_stats(pair.mask, sample.raw_mask), sample.raw_mask)
 
@@ -294,13 +292,8 @@ def decode_mask(pair: Pair, shape: tuple[int, ...], class_map: ClassMap) -> np.n
 def _channel_statistics(figures: list[_PairFigures]) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std in [0, 1] units over all pixels of all images (normalisation constants), from
     each image's per-channel sums, added in pair order (so the figures do not depend on the threads)."""
-    total = sum_sq = 0.0
-    pixels = 0
-    for f in figures:
-        total, sum_sq = total + f.sums[0], sum_sq + f.sums[1]
-        pixels += f.entry.shape[0] * f.entry.shape[1]
-    mean = total / pixels
-    std = np.sqrt(np.maximum(sum_sq / pixels - mean**2, 0.0))
+    sums = sum(f.sums for f in figures)
+    mean, std = mean_and_std(sums, sum(f.entry.shape[0] * f.entry.shape[1] for f in figures))
     std = np.where(std < 1e-6, 1.0, std)
     return tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std)
 
