@@ -21,12 +21,12 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
 from bench_planner import cpu_facts
+from generated_pairs import write_pairs
 
 REPO = Path(__file__).resolve().parent.parent
 STEP = re.compile(r"^epoch \d+/\d+, step (\d+)/\d+, loss [\d.]+, ([\d.]+) images/s")
@@ -34,13 +34,8 @@ STEP = re.compile(r"^epoch \d+/\d+, step (\d+)/\d+, loss [\d.]+, ([\d.]+) images
 
 def make_pairs(folder: Path, count: int, size: int) -> Path:
     """`count` RGB pairs: smooth coloured blobs with noise (PNG-compressible like photos), masks 0/255."""
-    if len(list((folder / "masks").glob("*.png"))) == count:
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
 
-    def one(i: int) -> None:
+    def draw(i: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(i)
         low = cv2.resize(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), (size, size), interpolation=cv2.INTER_CUBIC)
         mask = np.zeros((size, size), np.uint8)
@@ -48,12 +43,9 @@ def make_pairs(folder: Path, count: int, size: int) -> Path:
             centre, radius = rng.integers(0, size, 2), int(rng.integers(size // 20, size // 8))
             cv2.circle(mask, (int(centre[0]), int(centre[1])), radius, 255, -1)
         image = np.clip(low.astype(np.int16) + (mask[:, :, None] // 4) + rng.integers(-12, 12, (size, size, 3)), 0, 255)
-        cv2.imwrite(str(folder / "images" / f"{i:05d}.png"), image.astype(np.uint8))
-        cv2.imwrite(str(folder / "masks" / f"{i:05d}.png"), mask)
+        return image.astype(np.uint8), mask
 
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(one, range(count)))
-    return folder
+    return write_pairs(folder, count, draw, digits=5)
 
 
 def train_run(data: Path, run: Path, cache: str, seconds: float, env_extra: dict | None = None, extra: tuple = ()) -> dict:

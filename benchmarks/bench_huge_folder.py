@@ -19,35 +19,27 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 from bench_planner import cpu_facts
+from generated_pairs import write_pairs
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--encoder", "resnet18", "--decoder-width", "128", "--crop", "64", "--batch-size", "8", "--no-plan", "--epochs", "1"]
 
 
 def make_pairs(folder: Path, count: int) -> Path:
-    if len(os.listdir(folder / "masks")) == count if (folder / "masks").is_dir() else False:
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
+    """`count` gray 64 x 64 pairs: a 24 px square, brighter than the noise around it."""
 
-    def one(i: int) -> None:
+    def draw(i: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(i)
         y, x = rng.integers(0, 40, 2)
         mask = np.zeros((64, 64), np.uint8)
         mask[y:y + 24, x:x + 24] = 255
-        cv2.imwrite(str(folder / "images" / f"{i:06d}.png"), (rng.integers(0, 80, (64, 64)) + mask // 2).astype(np.uint8))
-        cv2.imwrite(str(folder / "masks" / f"{i:06d}.png"), mask)
+        return (rng.integers(0, 80, (64, 64)) + mask // 2).astype(np.uint8), mask
 
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(one, range(count)))
-    return folder
+    return write_pairs(folder, count, draw)
 
 
 def unetcli(*args) -> list[str]:
