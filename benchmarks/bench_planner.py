@@ -9,6 +9,11 @@ line per run and writes a JSON of every figure plus a picture of pixel error aga
     (--isa avx2: fp32 with oneDNN limited to AVX2, standing in for a laptop CPU without bf16)
     python benchmarks/bench_planner.py --dataset rgb --minutes 2 5 --out benchmarks/results/planner_rgb.json
     (--dataset rgb: the generated RGB four-class set of synthetic_rgb.py, so the rules are not tuned to membrane)
+    python benchmarks/bench_planner.py --dataset rgb --minutes 2 --configs defaults \
+        --config "r18-128=--no-plan --encoder resnet18 --decoder-width 128"
+    (--config NAME=ARGS adds a configuration of your own, e.g. for an ablation; --configs picks which run)
+    python benchmarks/bench_planner.py --merge A.json B.json --out C.json
+    (no training: the runs of several result files, of one dataset, CPU and precision, in one file and picture)
 """
 
 from __future__ import annotations
@@ -50,9 +55,9 @@ def cpu_facts() -> dict:
 
 
 def train_and_score(train_dir: Path, test_dir: Path, run_dir: Path, *, minutes: float, seed: int, config: str,
-                    env: dict) -> dict:
+                    extra: list[str], env: dict) -> dict:
     args = ["train", train_dir, "--val-split", "0", "-o", run_dir, "--time-limit", f"{minutes:g}m", "--seed", seed,
-            "--json", *CONFIGS[config]]
+            "--json", *extra]
     result, wall = run_cli(args, env=env)
     check(result, "unetcli train")
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -62,6 +67,7 @@ def train_and_score(train_dir: Path, test_dir: Path, run_dir: Path, *, minutes: 
     run_yaml = (run_dir / "run.yaml").read_text()
     return {"config": config, "minutes": minutes, "seed": seed, "train_wall_s": round(wall, 1),
             "epochs_done": len(epochs), "pixel_error": summary["pixel_error"], "mean_dice": summary["mean_dice"],
+            "class_dice": {name: c.get("dice") for name, c in summary["classes"].items()},
             "plan": plan and {"choices": plan["choices"], "throughput": plan["throughput"],
                               "expected_seconds": plan["expected_seconds"]},
             "options": {k: v for k, v in (line.split(": ", 1) for line in run_yaml.splitlines() if ": " in line)
@@ -105,16 +111,44 @@ def draw(runs: list[dict], title: str) -> np.ndarray:
     return canvas
 
 
+def write_result(result: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    held_out = "membrane 25-29" if result["dataset"] == "membrane" else "RGB 4-class test set"
+    cpu = result["cpu"]
+    title = f"{held_out}, {cpu['cpu_model']} ({cpu['isa']}), {result['precision']}"
+    cv2.imwrite(str(out.with_suffix(".png")), draw(result["runs"], title)[:, :, ::-1])
+    log(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+def merge(paths: list[Path], out: Path) -> int:
+    """One result of the runs of several, refused unless they share dataset, CPU and precision."""
+    results = [json.loads(path.read_text()) for path in paths]
+    for key in ("dataset", "cpu", "precision"):
+        if len({json.dumps(r[key], sort_keys=True) for r in results}) > 1:
+            raise SystemExit(f"--merge: the files differ in {key}; merge only runs of one kind")
+    merged = {**results[0], "command": [r["command"] for r in results], "merged_from": [str(p) for p in paths],
+              "runs": [run for r in results for run in r["runs"]]}
+    write_result(merged, out)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--membrane", type=Path, default=MEMBRANE)
     parser.add_argument("--dataset", choices=("membrane", "rgb"), default="membrane")
     parser.add_argument("--minutes", type=float, nargs="+", default=[2, 5, 10])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--config", action="append", default=[], metavar="NAME=ARGS",
+                        help="an extra configuration: train options added to the command line")
+    parser.add_argument("--configs", nargs="+", help="which configurations run (default: all)")
     parser.add_argument("--isa", choices=("native", "avx2"), default="native")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/unetcli-bench-planner"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "planner.json")
+    parser.add_argument("--merge", type=Path, nargs="+", help="result files to combine instead of running")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out)
     env = dict(os.environ)
     if args.isa == "avx2":
         env.update(UNETCLI_PRECISION="fp32", ONEDNN_MAX_CPU_ISA="AVX2")
@@ -122,13 +156,19 @@ def main() -> int:
         train_dir, test_dir = split_rgb(args.workdir / "data")
     else:
         train_dir, test_dir = split_membrane(args.membrane, args.workdir / "data")
+    configs = dict(CONFIGS)
+    for entry in args.config:
+        name, _, extra = entry.partition("=")
+        configs[name] = extra.split()
+    configs = {name: configs[name] for name in (args.configs or configs)}
     runs = []
     start = load_snapshot()
     for minutes in args.minutes:
         for seed in args.seeds:
-            for config in CONFIGS:
+            for config, extra in configs.items():
                 run_dir = args.workdir / f"{config}-{minutes:g}m-seed{seed}"
-                row = train_and_score(train_dir, test_dir, run_dir, minutes=minutes, seed=seed, config=config, env=env)
+                row = train_and_score(train_dir, test_dir, run_dir, minutes=minutes, seed=seed, config=config,
+                                      extra=extra, env=env)
                 runs.append(row)
                 log(f"{minutes:g} min seed {seed} {config:8s}: pixel error {row['pixel_error']:.4f}, mean Dice "
                     f"{row['mean_dice']:.4f}, {row['epochs_done']} epochs in {row['train_wall_s']:.0f} s, {row['options']}")
@@ -140,12 +180,7 @@ def main() -> int:
               **({"train_slices": "0-24", "test_slices": "25-29"} if args.dataset == "membrane" else
                  {"train_pairs": 40, "test_pairs": 10, "generator": "benchmarks/synthetic_rgb.py"}),
               "runs": runs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    held_out = "membrane 25-29" if args.dataset == "membrane" else "RGB 4-class test set"
-    title = f"{held_out}, {cpu['cpu_model']} ({cpu['isa']}), {precision}"
-    cv2.imwrite(str(args.out.with_suffix(".png")), draw(runs, title)[:, :, ::-1])
-    log(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    write_result(result, args.out)
     return 0
 
 

@@ -13,7 +13,7 @@ from helpers import cli, ok, user_error, write_binary_dataset
 
 from unetcli.errors import UsageError
 from unetcli.options import TrainOptions
-from unetcli.planner import CANDIDATES, ENOUGH_CROPS, Fingerprint, make_plan, plan_crop, typical_object_diameter
+from unetcli.planner import CANDIDATES, ENOUGH_CROPS, FEW_CROPS, Fingerprint, make_plan, plan_crop, typical_object_diameter
 from unetcli.runtime import pick_precision
 
 
@@ -71,8 +71,16 @@ def test_a_slow_device_gets_the_fastest_model_and_a_fast_one_the_largest():
     fast = plan_for(TrainOptions(time_limit=600.0), FAST)
     assert (fast.choices["encoder"], fast.choices["decoder_width"]) == ("resnet34", 256)
     assert fast.choices["epochs"] * fast.choices["samples_per_epoch"] * (256 / 256) ** 2 >= ENOUGH_CROPS
-    assert list(slow.throughput) == [CANDIDATES[-1].name]  # the smallest was too slow: nothing larger was timed
+    # the middle one was too slow for its minimum: the largest was not timed
+    assert list(slow.throughput) == [CANDIDATES[-1].name, CANDIDATES[-2].name]
     assert len(fast.throughput) == len(CANDIDATES)
+    assert "too few for a larger model" in slow.reasons["encoder"] and "it needs 4000 of 256 px" in fast.reasons["encoder"]
+
+
+def test_between_few_and_enough_crops_the_middle_model_with_the_wider_decoder():
+    middle = plan_for(TrainOptions(time_limit=120.0), FAST)  # about 2000 crops of resnet18 / 256 in 2 minutes
+    assert (middle.choices["encoder"], middle.choices["decoder_width"]) == ("resnet18", 256)
+    assert f"it needs {FEW_CROPS} of 256 px" in middle.reasons["encoder"]
 
 
 @pytest.mark.parametrize("budget", [120.0, 600.0, 3600.0])

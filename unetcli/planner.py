@@ -4,7 +4,8 @@ A few explicit rules over a small table of candidates, not a search (docs/decisi
 - crop: about three typical objects across (median connected-component diameter of the non-background
   classes), 128..512 pixels, no larger than the images;
 - model: timed on this device (training steps at the planned crop, batch and the precision `auto` picks), from
-  the smallest candidate up; the largest that trains on enough crops within the budget, else the smallest;
+  the smallest candidate up; the largest that trains on at least its own minimum of crops within the budget
+  (the smallest has none, so it is the fallback);
 - epochs and samples per epoch: the budget cut into about EPOCHS_TARGET epochs of equal length, so that the
   learning-rate schedule ends when the budget does and every epoch leaves a model-last to resume from (with
   --time-limit twice as many epochs are allowed and the clock ends the run: the schedule follows the clock);
@@ -27,8 +28,8 @@ from .options import TrainOptions
 DEFAULT_BUDGET = 15 * 60.0  # seconds: the run planned when no --time-limit is given
 MIN_BUDGET = 60.0
 EPOCHS_TARGET = 12
+FEW_CROPS = 1500  # 256-px crops: fewer and heavy augmentation slows learning, and the smallest model learns fastest
 ENOUGH_CROPS = 4000  # 256-px crops: on membrane more did not buy quality (shipped model: 75 min, same error)
-LIGHT_AUGMENT_BELOW = 1500  # 256-px crops: fewer than this and heavy augmentation slows learning
 CLOCK_HEADROOM = 2  # with --time-limit, planned epochs x this: the learning rate follows the clock there
 VALIDATION_SHARE = 0.15  # at most this share of the budget goes to validation
 PLANNED = ("encoder", "decoder_width", "crop", "batch_size", "samples_per_epoch", "epochs", "augment")
@@ -43,13 +44,17 @@ def wanted(options: TrainOptions) -> bool:
 class Candidate:
     encoder: str
     decoder_width: int
+    min_crops: int  # 256-px crops the budget must train on for this model to be chosen (docs/decisions.md)
 
     @property
     def name(self) -> str:
         return f"{self.encoder}, decoder {self.decoder_width}"
 
 
-CANDIDATES = (Candidate("resnet34", 256), Candidate("resnet18", 256), Candidate("resnet18", 128))  # largest first
+# largest first; resnet34 only where more crops stop paying, resnet18 / 256 once the run is past its first few
+# passes (the 128-wide decoder lost the thinnest class in 2 of 3 seeds on the RGB benchmark), the smallest else
+CANDIDATES = (Candidate("resnet34", 256, ENOUGH_CROPS), Candidate("resnet18", 256, FEW_CROPS),
+              Candidate("resnet18", 128, 0))
 
 
 @dataclass(frozen=True)
@@ -172,7 +177,7 @@ def _candidates(options: TrainOptions) -> list[Candidate]:
     fixed = options.set_by_user
     keep = [c for c in CANDIDATES if ("encoder" not in fixed or c.encoder == options.encoder)
             and ("decoder_width" not in fixed or c.decoder_width == options.decoder_width)]
-    return keep or [Candidate(options.encoder, options.decoder_width)]
+    return keep or [Candidate(options.encoder, options.decoder_width, 0)]
 
 
 @dataclass(frozen=True)
@@ -203,18 +208,25 @@ def schedule(fp: Fingerprint, options: TrainOptions, *, rate: float, crop: int, 
     return Schedule(epochs, per_epoch, total, total / rate + epochs * validation, validation)
 
 
-def enough(schedule_: Schedule, crop: int) -> bool:
-    return schedule_.crops * (crop / 256) ** 2 >= ENOUGH_CROPS
+def equivalent_crops(schedule_: Schedule, crop: int) -> float:
+    return schedule_.crops * (crop / 256) ** 2
+
+
+def enough(candidate: Candidate, schedule_: Schedule, crop: int) -> bool:
+    return equivalent_crops(schedule_, crop) >= candidate.min_crops
 
 
 def choose(rates: dict[Candidate, float], schedules: dict[Candidate, Schedule], crop: int) -> tuple[Candidate, str]:
-    """The largest candidate timed that trains on ENOUGH_CROPS (in 256-px crop equivalents), else the fastest;
+    """The largest candidate timed that trains on its min_crops (in 256-px crop equivalents), else the fastest;
     with the reason's wording (the crop count is filled in once the final schedule is known)."""
-    fine = [c for c in CANDIDATES if c in rates and enough(schedules[c], crop)]
+    fine = [c for c in CANDIDATES if c in rates and c.min_crops and enough(c, schedules[c], crop)]
     if fine:
-        return fine[0], "{rate:.1f} crops/s here: {crops} crops in the budget, enough"
+        return fine[0], (f"{{rate:.1f}} crops/s here: {{crops}} crops in the budget, enough for it (it needs "
+                         f"{fine[0].min_crops} of 256 px)")
     best = max(rates, key=lambda c: schedules[c].crops)
-    return best, "{rate:.1f} crops/s here, the fastest candidate: {crops} crops in the budget"
+    if len(rates) == 1:  # the full table always times two: the smallest is always enough
+        return best, "{rate:.1f} crops/s here: {crops} crops in the budget; the one model that fits what you set"
+    return best, "{rate:.1f} crops/s here: {crops} crops in the budget, too few for a larger model: the fastest"
 
 
 def make_plan(fp: Fingerprint, options: TrainOptions, *, device, precision, out_channels: int, timer=time_steps) -> Plan:
@@ -229,19 +241,20 @@ def make_plan(fp: Fingerprint, options: TrainOptions, *, device, precision, out_
     batch = options.batch_size if "batch_size" in fixed else 8
     rates: dict[Candidate, float] = {}
     schedules: dict[Candidate, Schedule] = {}
-    # smallest first: a slow device, where timing costs most, stops at the first (a larger one would be slower still)
+    # smallest first: a slow device, where timing costs most, stops at the first candidate short of its minimum
+    # (a larger one would be slower still and need more)
     for candidate in reversed(_candidates(options)):
         rates[candidate] = timer(candidate, crop=crop, batch=batch, channels=fp.channels,
                                  out_channels=out_channels, device=device, precision=precision)
         left = budget - (time.monotonic() - started)
         schedules[candidate] = schedule(fp, options, rate=rates[candidate], crop=crop, batch=batch, budget=left)
-        if not enough(schedules[candidate], crop):
+        if not enough(candidate, schedules[candidate], crop):
             break
     model, model_wording = choose(rates, schedules, crop)
     left = budget - (time.monotonic() - started)  # after every probe
     plan_schedule = schedule(fp, options, rate=rates[model], crop=crop, batch=batch, budget=left)
     model_reason = model_wording.format(rate=rates[model], crops=plan_schedule.crops)
-    light = plan_schedule.crops * (crop / 256) ** 2 < LIGHT_AUGMENT_BELOW
+    light = equivalent_crops(plan_schedule, crop) < FEW_CROPS
     choices = {"encoder": model.encoder, "decoder_width": model.decoder_width, "crop": crop, "batch_size": batch,
                "epochs": plan_schedule.epochs, "samples_per_epoch": plan_schedule.samples_per_epoch,
                "augment": "light" if light else "default"}
