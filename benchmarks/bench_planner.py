@@ -13,7 +13,8 @@ line per run and writes a JSON of every figure plus a picture of pixel error aga
         --config "r18-128=--no-plan --encoder resnet18 --decoder-width 128"
     (--config NAME=ARGS adds a configuration of your own, e.g. for an ablation; --configs picks which run)
     python benchmarks/bench_planner.py --merge A.json B.json --out C.json
-    (no training: the runs of several result files, of one dataset, CPU and precision, in one file and picture)
+    (no training: the runs of several result files, of one dataset, CPU and precision, in one file and picture;
+    a later file's run of the same configuration, budget and seed replaces an earlier one)
 """
 
 from __future__ import annotations
@@ -122,13 +123,14 @@ def write_result(result: dict, out: Path) -> None:
 
 
 def merge(paths: list[Path], out: Path) -> int:
-    """One result of the runs of several, refused unless they share dataset, CPU and precision."""
-    results = [json.loads(path.read_text()) for path in paths]
+    """One result of the runs of several, refused unless they share dataset, CPU and precision; a run of the same
+    configuration, budget and seed in a later file replaces the earlier one (a re-run after a change)."""
+    results = [{"dataset": "membrane", **json.loads(path.read_text())} for path in paths]  # older files: membrane
     for key in ("dataset", "cpu", "precision"):
         if len({json.dumps(r[key], sort_keys=True) for r in results}) > 1:
             raise SystemExit(f"--merge: the files differ in {key}; merge only runs of one kind")
-    merged = {**results[0], "command": [r["command"] for r in results], "merged_from": [str(p) for p in paths],
-              "runs": [run for r in results for run in r["runs"]]}
+    merged = {**results[0], "command": [r["command"] for r in results], "merged_from": [p.name for p in paths],
+              "runs": list({(run["config"], run["minutes"], run["seed"]): run for r in results for run in r["runs"]}.values())}
     write_result(merged, out)
     return 0
 

@@ -128,9 +128,10 @@ def test_unetcli_plan_prints_the_plan_as_json_and_as_a_table(planner_data):
     assert set(data["choices"]) == {"encoder", "decoder_width", "crop", "batch_size", "epochs", "samples_per_epoch",
                                     "augment"}
     assert data["budget_seconds"] == 120 and 0 < data["expected_seconds"] <= 120
+    assert data["predict_tile"] == max(4 * data["choices"]["crop"], 1024)  # the tile the model will predict with
     assert data["fingerprint"]["pairs"] == 6  # two of the eight pairs are held out for validation
     table = ok(cli("plan", planner_data, "--time-limit", "2m", "--crop", "64")).stdout
-    assert "--crop" in table and "set by you" in table and "2m00s budget" in table
+    assert "--crop" in table and "set by you" in table and "2m00s budget" in table and "predict --tile" in table
 
 
 def test_unetcli_plan_refuses_a_bad_budget_and_a_resume(planner_data, tmp_path):

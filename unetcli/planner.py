@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import UsageError
+from .modelmeta import default_tile_size
 from .options import TrainOptions
 
 DEFAULT_BUDGET = 15 * 60.0  # seconds: the run planned when no --time-limit is given
@@ -126,6 +127,7 @@ class Plan:
     fingerprint: Fingerprint
     device: str
     precision: str
+    tile: int = 0  # predict's default tile size for the trained model (it follows the crop), pixels
 
     def apply(self, options: TrainOptions) -> TrainOptions:
         """The options with the plan filled in wherever the user did not set a value."""
@@ -135,7 +137,8 @@ class Plan:
         return {"choices": self.choices, "reasons": self.reasons, "budget_seconds": round(self.budget, 1),
                 "expected_seconds": round(self.expected_seconds, 1),
                 "throughput": {k: round(v, 3) for k, v in self.throughput.items()},
-                "fingerprint": dataclasses.asdict(self.fingerprint), "device": self.device, "precision": self.precision}
+                "fingerprint": dataclasses.asdict(self.fingerprint), "device": self.device, "precision": self.precision,
+                "predict_tile": self.tile}
 
 
 def time_steps(candidate: Candidate, *, crop: int, batch: int, channels: int, out_channels: int, device,
@@ -275,4 +278,5 @@ def make_plan(fp: Fingerprint, options: TrainOptions, *, device, precision, out_
     for name in fixed & set(choices):
         choices[name], reasons[name] = getattr(options, name), "set by you"
     return Plan(choices, reasons, budget, time.monotonic() - started + plan_schedule.seconds,
-                {c.name: r for c, r in rates.items()}, fp, str(device), precision.name)
+                {c.name: r for c, r in rates.items()}, fp, str(device), precision.name,
+                default_tile_size(choices["crop"]))

@@ -192,6 +192,8 @@ def plan_table(plan) -> Table:
         table.add_column(column)
     for name, value in plan.choices.items():
         table.add_row(f"--{name.replace('_', '-')}", str(value), plan.reasons[name])
+    table.add_row("predict --tile", str(plan.tile), "four crops, at least 1024: larger images are predicted in "
+                  "overlapping tiles (stored with the model; predict --tile overrides)")
     return table
 
 
