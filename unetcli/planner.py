@@ -127,7 +127,11 @@ class Plan:
     fingerprint: Fingerprint
     device: str
     precision: str
-    tile: int = 0  # predict's default tile size for the trained model (it follows the crop), pixels
+
+    @property
+    def tile(self) -> int:
+        """predict's default tile size for the trained model: it follows the crop."""
+        return default_tile_size(self.choices["crop"])
 
     def apply(self, options: TrainOptions) -> TrainOptions:
         """The options with the plan filled in wherever the user did not set a value."""
@@ -278,5 +282,4 @@ def make_plan(fp: Fingerprint, options: TrainOptions, *, device, precision, out_
     for name in fixed & set(choices):
         choices[name], reasons[name] = getattr(options, name), "set by you"
     return Plan(choices, reasons, budget, time.monotonic() - started + plan_schedule.seconds,
-                {c.name: r for c, r in rates.items()}, fp, str(device), precision.name,
-                default_tile_size(choices["crop"]))
+                {c.name: r for c, r in rates.items()}, fp, str(device), precision.name)
