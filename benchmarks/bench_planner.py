@@ -58,7 +58,7 @@ def cpu_facts() -> dict:
 def train_and_score(train_dir: Path, test_dir: Path, run_dir: Path, *, minutes: float, seed: int, config: str,
                     extra: list[str], env: dict) -> dict:
     args = ["train", train_dir, "--val-split", "0", "-o", run_dir, "--time-limit", f"{minutes:g}m", "--seed", seed,
-            "--json", *extra]
+            "--json", "--overwrite", *extra]
     result, wall = run_cli(args, env=env)
     check(result, "unetcli train")
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -168,7 +168,7 @@ def main() -> int:
     for minutes in args.minutes:
         for seed in args.seeds:
             for config, extra in configs.items():
-                run_dir = args.workdir / f"{config}-{minutes:g}m-seed{seed}"
+                run_dir = args.workdir / "runs" / args.dataset / f"{config}-{minutes:g}m-seed{seed}"
                 row = train_and_score(train_dir, test_dir, run_dir, minutes=minutes, seed=seed, config=config,
                                       extra=extra, env=env)
                 runs.append(row)

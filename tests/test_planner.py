@@ -13,7 +13,8 @@ from helpers import cli, ok, user_error, write_binary_dataset
 
 from unetcli.errors import UsageError
 from unetcli.options import TrainOptions
-from unetcli.planner import CANDIDATES, ENOUGH_CROPS, FEW_CROPS, Fingerprint, make_plan, plan_crop, typical_object_diameter
+from unetcli.planner import (CANDIDATES, ENOUGH_CROPS, FEW_CROPS, SHORT_RUN_LR, Fingerprint, make_plan, plan_crop,
+                             typical_object_diameter)
 from unetcli.runtime import pick_precision
 
 
@@ -75,6 +76,9 @@ def test_a_slow_device_gets_the_fastest_model_and_a_fast_one_the_largest():
     assert list(slow.throughput) == [CANDIDATES[-1].name, CANDIDATES[-2].name]
     assert len(fast.throughput) == len(CANDIDATES)
     assert "too few for a larger model" in slow.reasons["encoder"] and "it needs 4000 of 256 px" in fast.reasons["encoder"]
+    # a short run gets the higher peak learning rate, one past the point where more crops stop paying the usual one
+    assert slow.choices["lr"] == SHORT_RUN_LR and "a short run" in slow.reasons["lr"]
+    assert fast.choices["lr"] == TrainOptions().lr and "a long run" in fast.reasons["lr"]
 
 
 def test_between_few_and_enough_crops_the_middle_model_with_the_wider_decoder():
@@ -103,13 +107,14 @@ def test_validation_is_held_to_a_share_of_the_budget_by_fewer_longer_epochs():
 
 
 def test_what_the_user_sets_wins_over_the_plan():
-    options = TrainOptions.from_values({"time_limit": 600, "encoder": "resnet34", "crop": 128, "epochs": 5})
+    options = TrainOptions.from_values({"time_limit": 600, "encoder": "resnet34", "crop": 128, "epochs": 5, "lr": 5e-4})
     plan = plan_for(options, SLOW)
     assert plan.choices["encoder"] == "resnet34" and plan.choices["crop"] == 128 and plan.choices["epochs"] == 5
-    assert plan.reasons["encoder"] == plan.reasons["crop"] == plan.reasons["epochs"] == "set by you"
+    assert plan.choices["lr"] == 5e-4
+    assert plan.reasons["encoder"] == plan.reasons["crop"] == plan.reasons["epochs"] == plan.reasons["lr"] == "set by you"
     assert plan.reasons["decoder_width"] != "set by you"  # planned among the candidates with a resnet34
     applied = plan.apply(options)
-    assert (applied.encoder, applied.crop, applied.epochs) == ("resnet34", 128, 5)
+    assert (applied.encoder, applied.crop, applied.epochs, applied.lr) == ("resnet34", 128, 5, 5e-4)
     assert applied.samples_per_epoch == plan.choices["samples_per_epoch"]
 
 
@@ -126,7 +131,7 @@ def planner_data(tmp_path_factory):
 def test_unetcli_plan_prints_the_plan_as_json_and_as_a_table(planner_data):
     data = json.loads(ok(cli("plan", planner_data, "--time-limit", "2m", "--json")).stdout)
     assert set(data["choices"]) == {"encoder", "decoder_width", "crop", "batch_size", "epochs", "samples_per_epoch",
-                                    "augment"}
+                                    "augment", "lr"}
     assert data["budget_seconds"] == 120 and 0 < data["expected_seconds"] <= 120
     assert data["predict_tile"] == max(4 * data["choices"]["crop"], 1024)  # the tile the model will predict with
     assert data["fingerprint"]["pairs"] == 6  # two of the eight pairs are held out for validation
