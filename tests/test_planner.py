@@ -13,8 +13,7 @@ from helpers import cli, ok, user_error, write_binary_dataset
 
 from unetcli.errors import UsageError
 from unetcli.options import TrainOptions
-from unetcli.planner import (CANDIDATES, ENOUGH_CROPS, FEW_CROPS, SHORT_RUN_LR, Fingerprint, make_plan, plan_crop,
-                             typical_object_diameter)
+from unetcli.planner import CANDIDATES, ENOUGH_CROPS, FEW_CROPS, Fingerprint, make_plan, plan_crop, typical_object_diameter
 from unetcli.runtime import pick_precision
 
 
@@ -76,15 +75,15 @@ def test_a_slow_device_gets_the_fastest_model_and_a_fast_one_the_largest():
     assert list(slow.throughput) == [CANDIDATES[-1].name, CANDIDATES[-2].name]
     assert len(fast.throughput) == len(CANDIDATES)
     assert "too few for a larger model" in slow.reasons["encoder"] and "it needs 4000 of 256 px" in fast.reasons["encoder"]
-    # a short run gets the higher peak learning rate, one past the point where more crops stop paying the usual one
-    assert slow.choices["lr"] == SHORT_RUN_LR and "a short run" in slow.reasons["lr"]
-    assert fast.choices["lr"] == TrainOptions().lr and "a long run" in fast.reasons["lr"]
+    # each model its own peak learning rate: 4x the usual for the narrow decoder
+    assert slow.choices["lr"] == 4 * TrainOptions().lr and "higher peak" in slow.reasons["lr"]
+    assert fast.choices["lr"] == TrainOptions().lr and "the usual peak" in fast.reasons["lr"]
 
 
 def test_between_few_and_enough_crops_the_middle_model_with_the_wider_decoder():
     middle = plan_for(TrainOptions(time_limit=120.0), FAST)  # about 2000 crops of resnet18 / 256 in 2 minutes
     assert (middle.choices["encoder"], middle.choices["decoder_width"]) == ("resnet18", 256)
-    assert f"it needs {FEW_CROPS} of 256 px" in middle.reasons["encoder"]
+    assert f"it needs {FEW_CROPS} of 256 px" in middle.reasons["encoder"] and middle.choices["lr"] == TrainOptions().lr
 
 
 @pytest.mark.parametrize("budget", [120.0, 600.0, 3600.0])

@@ -10,7 +10,7 @@ A few explicit rules over a small table of candidates, not a search (docs/decisi
   learning-rate schedule ends when the budget does and every epoch leaves a model-last to resume from (with
   --time-limit twice as many epochs are allowed and the clock ends the run: the schedule follows the clock);
 - augmentation: light when the budget allows few passes, default otherwise;
-- learning rate: a higher peak for runs short of the point where more crops stop paying, the tuned 1e-3 past it;
+- learning rate: each candidate's own peak (the 128-wide decoder learned faster with a higher one);
 - the border weight map on for object-id (instances) masks: it separates touching objects.
 Options the user sets are kept as they are; the plan fills in the rest.
 """
@@ -32,7 +32,6 @@ MIN_BUDGET = 60.0
 EPOCHS_TARGET = 12
 FEW_CROPS = 1500  # 256-px crops: fewer and heavy augmentation slows learning, and the smallest model learns fastest
 ENOUGH_CROPS = 4000  # 256-px crops: on membrane more did not buy quality (shipped model: 75 min, same error)
-SHORT_RUN_LR = 4e-3  # peak learning rate of a run under ENOUGH_CROPS (docs/decisions.md: 2, 5 and 10 min runs)
 CLOCK_HEADROOM = 2  # with --time-limit, planned epochs x this: the learning rate follows the clock there
 VALIDATION_SHARE = 0.15  # at most this share of the budget goes to validation
 PLANNED = ("encoder", "decoder_width", "crop", "batch_size", "samples_per_epoch", "epochs", "augment", "lr")
@@ -48,6 +47,7 @@ class Candidate:
     encoder: str
     decoder_width: int
     min_crops: int  # 256-px crops the budget must train on for this model to be chosen (docs/decisions.md)
+    lr: float = TrainOptions.lr  # peak learning rate
 
     @property
     def name(self) -> str:
@@ -55,9 +55,10 @@ class Candidate:
 
 
 # largest first; resnet34 only where more crops stop paying, resnet18 / 256 once the run is past its first few
-# passes (the 128-wide decoder lost the thinnest class in 2 of 3 seeds on the RGB benchmark), the smallest else
+# passes (the 128-wide decoder lost the thinnest class in 2 of 3 seeds on the RGB benchmark), the smallest else,
+# with 4x the usual peak learning rate (better on membrane at 2 and 5 min; resnet18 / 256 was worse with it on RGB)
 CANDIDATES = (Candidate("resnet34", 256, ENOUGH_CROPS), Candidate("resnet18", 256, FEW_CROPS),
-              Candidate("resnet18", 128, 0))
+              Candidate("resnet18", 128, 0, lr=4e-3))
 
 
 @dataclass(frozen=True)
@@ -263,19 +264,18 @@ def make_plan(fp: Fingerprint, options: TrainOptions, *, device, precision, out_
     left = budget - (time.monotonic() - started)  # after every probe
     plan_schedule = schedule(fp, options, rate=rates[model], crop=crop, batch=batch, budget=left)
     model_reason = model_wording.format(rate=rates[model], crops=plan_schedule.crops)
-    crops = equivalent_crops(plan_schedule, crop)
-    light, short = crops < FEW_CROPS, crops < ENOUGH_CROPS
+    light = equivalent_crops(plan_schedule, crop) < FEW_CROPS
     choices = {"encoder": model.encoder, "decoder_width": model.decoder_width, "crop": crop, "batch_size": batch,
                "epochs": plan_schedule.epochs, "samples_per_epoch": plan_schedule.samples_per_epoch,
-               "augment": "light" if light else "default", "lr": SHORT_RUN_LR if short else TrainOptions.lr}
+               "augment": "light" if light else "default", "lr": model.lr}
     per_epoch = (plan_schedule.seconds / plan_schedule.epochs)
     reasons = {"encoder": model_reason, "decoder_width": model_reason, "crop": crop_reason,
                "batch_size": "set by you" if "batch_size" in fixed else "8 crops per step",
                "epochs": f"about {per_epoch:.0f} s each, validation {plan_schedule.validation_seconds:.0f} s of it",
                "samples_per_epoch": f"{plan_schedule.crops} crops in all over the epochs",
                "augment": "few passes over the data: light" if light else "enough passes for the default augmentation",
-               "lr": (f"a short run (about {crops:.0f} crops of 256 px, under {ENOUGH_CROPS}): a higher peak learns "
-                      "more in it" if short else f"a long run (at least {ENOUGH_CROPS} crops of 256 px): the usual peak")}
+               "lr": ("the narrow decoder learns faster with a higher peak" if model.lr > TrainOptions.lr
+                      else "the usual peak for this model")}
     if fp.instances:
         choices["border_weight"] = True
         reasons["border_weight"] = ("object-id masks: touching pairs came apart 144/144 with the weight map, 95/144 "
