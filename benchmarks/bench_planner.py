@@ -72,7 +72,7 @@ def train_and_score(train_dir: Path, test_dir: Path, run_dir: Path, *, minutes: 
             "plan": plan and {"choices": plan["choices"], "throughput": plan["throughput"],
                               "expected_seconds": plan["expected_seconds"]},
             "options": {k: v for k, v in (line.split(": ", 1) for line in run_yaml.splitlines() if ": " in line)
-                        if k in ("encoder", "decoder_width", "crop", "batch_size", "epochs", "samples_per_epoch", "augment")}}
+                        if k in ("encoder", "decoder_width", "crop", "batch_size", "epochs", "samples_per_epoch", "augment", "lr")}}
 
 
 def draw(runs: list[dict], title: str) -> np.ndarray:
@@ -97,7 +97,10 @@ def draw(runs: list[dict], title: str) -> np.ndarray:
     for minutes in budgets:
         x = point(minutes, low)[0]
         cv2.putText(canvas, f"{minutes:g} min", (x - 20, height - 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    colours = {"planner": (200, 40, 200), "defaults": (90, 90, 90)}
+    named = {"planner": (200, 40, 200), "defaults": (90, 90, 90)}  # RGB; other configurations (ablations) cycle below
+    others = [(40, 120, 220), (230, 140, 20), (30, 160, 90), (200, 40, 40), (120, 80, 200), (20, 170, 190)]
+    colours = {c: rgb for c, rgb in named.items() if any(r["config"] == c for r in runs)}
+    colours |= {c: others[i % len(others)] for i, c in enumerate(sorted({r["config"] for r in runs} - set(named)))}
     for row, (config, colour) in enumerate(colours.items()):
         means = [(m, float(np.mean([r["pixel_error"] for r in runs if r["config"] == config and r["minutes"] == m])))
                  for m in budgets if any(r["config"] == config and r["minutes"] == m for r in runs)]
@@ -106,7 +109,7 @@ def draw(runs: list[dict], title: str) -> np.ndarray:
             cv2.line(canvas, a, b, colour, 2, cv2.LINE_AA)
         for p in points:
             cv2.circle(canvas, p, 4, colour, -1, cv2.LINE_AA)
-        cv2.putText(canvas, config, (width - 130, top + 20 + 18 * row), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+        cv2.putText(canvas, config, (width - 200, top + 20 + 18 * row), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
     cv2.putText(canvas, "held-out pixel error (lower is better)", (left, height - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                 (0, 0, 0), 1, cv2.LINE_AA)
     return canvas
