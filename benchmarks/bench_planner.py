@@ -36,6 +36,8 @@ from bench_end_to_end import check, evaluate, load_snapshot, log, machine_facts,
 from membrane import MEMBRANE
 from synthetic_rgb import split_rgb
 
+from unetcli.planner import PLANNED
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = {"planner": [], "defaults": ["--no-plan"]}
 
@@ -72,7 +74,7 @@ def train_and_score(train_dir: Path, test_dir: Path, run_dir: Path, *, minutes: 
             "plan": plan and {"choices": plan["choices"], "throughput": plan["throughput"],
                               "expected_seconds": plan["expected_seconds"]},
             "options": {k: v for k, v in (line.split(": ", 1) for line in run_yaml.splitlines() if ": " in line)
-                        if k in ("encoder", "decoder_width", "crop", "batch_size", "epochs", "samples_per_epoch", "augment", "lr")}}
+                        if k in PLANNED}}
 
 
 def draw(runs: list[dict], title: str) -> np.ndarray:
