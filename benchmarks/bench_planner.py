@@ -9,6 +9,9 @@ line per run and writes a JSON of every figure plus a picture of pixel error aga
     (--isa avx2: fp32 with oneDNN limited to AVX2, standing in for a laptop CPU without bf16)
     python benchmarks/bench_planner.py --dataset rgb --minutes 2 5 --out benchmarks/results/planner_rgb.json
     (--dataset rgb: the generated RGB four-class set of synthetic_rgb.py, so the rules are not tuned to membrane)
+    python benchmarks/bench_planner.py --dataset membrane-2x --minutes 5 --configs planner --config "b8=--batch-size 8"
+    (--dataset membrane-2x: the membrane split scaled up twice, 1024 px, so objects are twice as large and the plan's
+    crop is 512: a case for the batch rule, 2 crops of 512 px against 8)
     python benchmarks/bench_planner.py --dataset rgb --minutes 2 --configs defaults \
         --config "r18-128=--no-plan --encoder resnet18 --decoder-width 128"
     (--config NAME=ARGS adds a configuration of your own, e.g. for an ablation; --configs picks which run)
@@ -117,10 +120,26 @@ def draw(runs: list[dict], title: str) -> np.ndarray:
     return canvas
 
 
+def scaled_twice(folders: tuple[Path, Path], workdir: Path) -> tuple[Path, Path]:
+    """Copies of the train and test folders at twice the size: images cubic, masks nearest (their values kept)."""
+    scaled = []
+    for folder in folders:
+        target = workdir / "membrane-2x" / folder.name
+        for sub, interpolation in (("images", cv2.INTER_CUBIC), ("masks", cv2.INTER_NEAREST)):
+            (target / sub).mkdir(parents=True, exist_ok=True)
+            for path in sorted((folder / sub).iterdir()):
+                if not (target / sub / path.name).exists():
+                    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+                    cv2.imwrite(str(target / sub / path.name), cv2.resize(array, None, fx=2, fy=2, interpolation=interpolation))
+        scaled.append(target)
+    return scaled[0], scaled[1]
+
+
 def write_result(result: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    held_out = "membrane 25-29" if result["dataset"] == "membrane" else "RGB 4-class test set"
+    held_out = {"membrane": "membrane 25-29", "membrane-2x": "membrane 25-29 scaled 2x"}.get(result["dataset"],
+                                                                                          "RGB 4-class test set")
     cpu = result["cpu"]
     title = f"{held_out}, {cpu['cpu_model']} ({cpu['isa']}), {result['precision']}"
     cv2.imwrite(str(out.with_suffix(".png")), draw(result["runs"], title)[:, :, ::-1])
@@ -143,7 +162,7 @@ def merge(paths: list[Path], out: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--membrane", type=Path, default=MEMBRANE)
-    parser.add_argument("--dataset", choices=("membrane", "rgb"), default="membrane")
+    parser.add_argument("--dataset", choices=("membrane", "membrane-2x", "rgb"), default="membrane")
     parser.add_argument("--minutes", type=float, nargs="+", default=[2, 5, 10])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--config", action="append", default=[], metavar="NAME=ARGS",
@@ -163,6 +182,8 @@ def main() -> int:
         train_dir, test_dir = split_rgb(args.workdir / "data")
     else:
         train_dir, test_dir = split_membrane(args.membrane, args.workdir / "data")
+        if args.dataset == "membrane-2x":
+            train_dir, test_dir = scaled_twice((train_dir, test_dir), args.workdir / "data")
     configs = dict(CONFIGS)
     for entry in args.config:
         name, _, extra = entry.partition("=")
@@ -184,7 +205,7 @@ def main() -> int:
     result = {"command": "python benchmarks/bench_planner.py " + " ".join(sys.argv[1:]), "cpu": cpu,
               "precision": precision, "machine": machine_facts(), "load_start": start, "load_end": load_snapshot(),
               "when": time.strftime("%Y-%m-%d"), "dataset": args.dataset,
-              **({"train_slices": "0-24", "test_slices": "25-29"} if args.dataset == "membrane" else
+              **({"train_slices": "0-24", "test_slices": "25-29"} if args.dataset.startswith("membrane") else
                  {"train_pairs": 40, "test_pairs": 10, "generator": "benchmarks/synthetic_rgb.py"}),
               "runs": runs}
     write_result(result, args.out)

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -13,7 +16,8 @@ from helpers import cli, ok, user_error, write_binary_dataset
 
 from unetcli.errors import UsageError
 from unetcli.options import TrainOptions
-from unetcli.planner import CANDIDATES, ENOUGH_CROPS, FEW_CROPS, Fingerprint, make_plan, plan_crop, typical_object_diameter
+from unetcli.planner import (CANDIDATES, ENOUGH_CROPS, FEW_CROPS, Fingerprint, Probe, make_plan, plan_batch, plan_crop,
+                             typical_object_diameter)
 from unetcli.runtime import pick_precision
 
 
@@ -45,19 +49,23 @@ def test_crop_holds_about_three_objects_and_fits_the_images(diameter, smallest, 
     assert plan_crop(fingerprint(diameter, smallest))[0] == crop
 
 
-def fixed_clock(rates: dict[str, float]):
-    """A timer that reports the given crops/s per encoder+decoder instead of timing anything."""
-    def timer(candidate, **_):
-        return rates[candidate.name]
+def fixed_clock(rates: dict[str, float], bytes_per_crop: dict[str, float] | None = None, probed: list | None = None):
+    """A timer that reports the given crops/s per encoder+decoder instead of timing anything, and a step's memory
+    as bytes_per_crop x batch (None: not measured); `probed` collects (model, batch) of each call."""
+    def timer(candidate, *, batch, **_):
+        if probed is not None:
+            probed.append((candidate.name, batch))
+        peak = bytes_per_crop[candidate.name] * batch if bytes_per_crop else None
+        return Probe(rates[candidate.name], peak)
     return timer
 
 
-def plan_for(options: TrainOptions, rates: dict[str, float], fp: Fingerprint | None = None):
+def plan_for(options: TrainOptions, rates: dict[str, float], fp: Fingerprint | None = None, **clock):
     import torch
 
     device = torch.device("cpu")
     return make_plan(fp or fingerprint(83), options, device=device, precision=pick_precision("fp32", device),
-                     out_channels=1, timer=fixed_clock(rates))
+                     out_channels=1, timer=fixed_clock(rates, **clock))
 
 
 SLOW = {"resnet34, decoder 256": 1.1, "resnet18, decoder 256": 1.6, "resnet18, decoder 128": 2.8}  # AVX2 laptop
@@ -115,6 +123,54 @@ def test_what_the_user_sets_wins_over_the_plan():
     applied = plan.apply(options)
     assert (applied.encoder, applied.crop, applied.epochs, applied.lr) == ("resnet34", 128, 5, 5e-4)
     assert applied.samples_per_epoch == plan.choices["samples_per_epoch"]
+
+
+@pytest.mark.parametrize(("crop", "batch"), [(128, 8), (256, 8), (320, 5), (384, 4), (512, 2)])
+def test_larger_crops_come_in_smaller_batches_of_about_the_same_pixels(crop, batch):
+    assert plan_batch(crop)[0] == batch
+
+
+def test_a_large_crop_gets_its_batch_and_the_probes_time_that_batch():
+    probed = []
+    plan = plan_for(TrainOptions(time_limit=600.0), FAST, fingerprint(300, smallest=2000), probed=probed)
+    assert plan.choices["crop"] == 512 and plan.choices["batch_size"] == 2 and "512 px" in plan.reasons["batch_size"]
+    assert {batch for _, batch in probed} == {2}
+
+
+GB = 2**30
+
+
+def test_the_batch_shrinks_until_a_step_fits_in_half_the_free_memory(monkeypatch):
+    monkeypatch.setenv("UNETCLI_MEMORY_LIMIT", "4G")  # half of it, 2 GB, for a step
+    per_crop = {"resnet34, decoder 256": 0.4 * GB, "resnet18, decoder 256": 0.3 * GB, "resnet18, decoder 128": 0.3 * GB}
+    probed = []
+    plan = plan_for(TrainOptions(time_limit=600.0), FAST, bytes_per_crop=per_crop, probed=probed)
+    assert plan.choices["batch_size"] == 6  # 8 crops needed 2.4 GB: cut in proportion, 8 x 2 / 2.4, rounded down
+    assert "8 needed 2.4 GB" in plan.reasons["batch_size"] and "4.0 GB free" in plan.reasons["batch_size"]
+    # resnet34's step at that batch needs more than 2 GB: it is left out, and the reason says so
+    assert (plan.choices["encoder"], plan.choices["decoder_width"]) == ("resnet18", 256)
+    assert "resnet34, decoder 256 needed" in plan.reasons["encoder"]
+    assert probed[:2] == [("resnet18, decoder 128", 8), ("resnet18, decoder 128", plan.choices["batch_size"])]
+
+
+def test_a_batch_the_user_sets_is_kept_even_where_memory_is_short(monkeypatch):
+    monkeypatch.setenv("UNETCLI_MEMORY_LIMIT", "1G")
+    per_crop = dict.fromkeys(FAST, 0.5 * GB)
+    plan = plan_for(TrainOptions.from_values({"time_limit": 600, "batch_size": 8}), FAST, bytes_per_crop=per_crop)
+    assert plan.choices["batch_size"] == 8 and plan.reasons["batch_size"] == "set by you"
+    # a step of any model needs 4 GB: the smallest is the fallback, the next is left out for memory
+    assert plan.choices["decoder_width"] == 128 and "needed 4.0 GB" in plan.reasons["encoder"]
+    assert "too few" not in plan.reasons["encoder"]  # memory, not the crops, left the larger models out
+
+
+def test_unetcli_plan_measures_a_real_step_and_cuts_the_batch_to_fit(planner_data):
+    """A real probe in a fresh process (its peak resident memory is the measure) with little memory to spare."""
+    env = {**os.environ, "UNETCLI_MEMORY_LIMIT": "64M"}
+    done = subprocess.run([sys.executable, "-m", "unetcli", "plan", str(planner_data), "--time-limit", "2m", "--json"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert plan["choices"]["batch_size"] < 8 and "8 needed" in plan["reasons"]["batch_size"], plan["reasons"]
 
 
 def test_a_budget_too_short_to_plan_is_refused():

@@ -5,7 +5,9 @@ A few explicit rules over a small table of candidates, not a search (docs/decisi
   classes), 128..512 pixels, no larger than the images;
 - model: timed on this device (training steps at the planned crop, batch and the precision `auto` picks), from
   the smallest candidate up; the largest that trains on at least its own minimum of crops within the budget
-  (the smallest has none, so it is the fallback);
+  and whose step fits in memory (the smallest has no minimum, so it is the fallback);
+- batch: 8 crops of 256 px, or about as many pixels in fewer, larger crops (no fewer than 2); fewer when a step
+  would need more than half of the memory free when planning (measured by the smallest candidate's probe);
 - epochs and samples per epoch: the budget cut into about EPOCHS_TARGET epochs of equal length, so that the
   learning-rate schedule ends when the budget does and every epoch leaves a model-last to resume from (with
   --time-limit twice as many epochs are allowed and the clock ends the run: the schedule follows the clock);
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cache import format_bytes
 from .errors import UsageError
 from .modelmeta import default_tile_size
 from .options import TrainOptions
@@ -34,6 +37,8 @@ FEW_CROPS = 1500  # 256-px crops: fewer and heavy augmentation slows learning, a
 ENOUGH_CROPS = 4000  # 256-px crops: on membrane more did not buy quality (shipped model: 75 min, same error)
 CLOCK_HEADROOM = 2  # with --time-limit, planned epochs x this: the learning rate follows the clock there
 VALIDATION_SHARE = 0.15  # at most this share of the budget goes to validation
+PIXELS_PER_STEP = 8 * 256 * 256  # the batch every rule here was measured with: 8 crops of 256 px
+STEP_MEMORY_SHARE = 0.5  # of the memory free when planning, at most this for a training step (the rest: data, OS)
 PLANNED = ("encoder", "decoder_width", "crop", "batch_size", "samples_per_epoch", "epochs", "augment", "lr")
 
 
@@ -148,10 +153,41 @@ class Plan:
                 "predict_tile": self.tile}
 
 
+def plan_batch(crop: int) -> tuple[int, str]:
+    """About the pixels of 8 crops of 256 px per step, 2 to 8 crops: larger crops, fewer of them (as nnU-Net's
+    batch of 2 large patches), so that a step's memory and the number of steps in a budget stay as measured."""
+    batch = max(2, min(8, round(PIXELS_PER_STEP / crop ** 2)))
+    if batch == 8:
+        return batch, "8 crops per step"
+    return batch, f"{batch} crops of {crop} px per step: about the pixels of 8 of 256 px, in memory and time"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a candidate's timed training steps measured."""
+
+    rate: float  # crops per second
+    peak_bytes: int | None = None  # memory the model, its optimiser and a step added at their peak; None: unknown
+
+    def fits(self, memory: float) -> bool:
+        return self.peak_bytes is None or self.peak_bytes <= memory
+
+
 def time_steps(candidate: Candidate, *, crop: int, batch: int, channels: int, out_channels: int, device,
-               precision, steps: int = 1) -> float:
-    """Crops per second of `steps` timed training steps (after one untimed) of `candidate` on this device. Timed at
-    the planned batch: on CPU, batches of 2 ran up to 1.7x slower per crop than batches of 8 at 160-px crops."""
+               precision, steps: int = 1) -> Probe:
+    """Crops per second of `steps` timed training steps (after one untimed) of `candidate` on this device, and
+    the memory they took. Timed at the planned batch: on CPU, batches of 2 ran up to 1.7x slower per crop than
+    batches of 8 at 160-px crops."""
+    from .runtime import PeakMemory
+
+    with PeakMemory(device) as memory:
+        rate = _timed_steps(candidate, crop=crop, batch=batch, channels=channels, out_channels=out_channels,
+                            device=device, precision=precision, steps=steps)
+    return Probe(rate, memory.peak)
+
+
+def _timed_steps(candidate: Candidate, *, crop: int, batch: int, channels: int, out_channels: int, device,
+                 precision, steps: int) -> float:
     import torch
 
     from .model import build_model
@@ -226,21 +262,76 @@ def enough(candidate: Candidate, schedule_: Schedule, crop: int) -> bool:
     return equivalent_crops(schedule_, crop) >= candidate.min_crops
 
 
-def choose(rates: dict[Candidate, float], schedules: dict[Candidate, Schedule], crop: int) -> tuple[Candidate, str]:
+def choose(rates: dict[Candidate, float], schedules: dict[Candidate, Schedule], crop: int, *, alone: bool = False,
+           too_large: str = "") -> tuple[Candidate, str]:
     """The largest candidate timed that trains on its min_crops (in 256-px crop equivalents), else the fastest;
-    with the reason's wording (the crop count is filled in once the final schedule is known)."""
+    with the reason's wording (the crop count is filled in once the final schedule is known). `alone`: the user's
+    options leave one candidate; `too_large`: why the next larger one was left out for memory."""
     fine = [c for c in CANDIDATES if c in rates and c.min_crops and enough(c, schedules[c], crop)]
     if fine:
         return fine[0], (f"{{rate:.1f}} crops/s here: {{crops}} crops in the budget, enough for it (it needs "
-                         f"{fine[0].min_crops} of 256 px)")
+                         f"{fine[0].min_crops} of 256 px){too_large}")
     best = max(rates, key=lambda c: schedules[c].crops)
-    if len(rates) == 1:  # the full table always times two: the smallest is always enough
+    if alone:
         return best, "{rate:.1f} crops/s here: {crops} crops in the budget; the one model that fits what you set"
+    if too_large:
+        return best, "{rate:.1f} crops/s here: {crops} crops in the budget" + too_large
     return best, "{rate:.1f} crops/s here: {crops} crops in the budget, too few for a larger model: the fastest"
+
+
+@dataclass
+class Probed:
+    """What timing the candidates found."""
+
+    rates: dict  # Candidate -> crops per second here
+    schedules: dict  # Candidate -> Schedule of the budget left after its probe
+    batch: int
+    batch_reason: str | None = None  # why the batch was cut to fit in memory
+    too_large: str = ""  # the next larger candidate, left out: its step did not fit in memory
+
+
+def _probe_models(fp: Fingerprint, options: TrainOptions, measure, *, crop: int, batch: int, budget: float,
+                  started: float, free: int) -> Probed:
+    """Time the candidates from the smallest up, stopping at the first short of its minimum of crops (a larger one
+    would be slower still and need more) or too large for memory; the smallest's probe also fits the batch."""
+    memory = STEP_MEMORY_SHARE * free
+    probed = Probed({}, {}, batch)
+    for candidate in reversed(_candidates(options)):
+        if probed.rates or "batch_size" in options.set_by_user:
+            probe = measure(candidate, probed.batch)
+        else:
+            probe, probed.batch, probed.batch_reason = _fit_batch(measure, candidate, batch, memory, free)
+        if probed.rates and not probe.fits(memory):
+            probed.too_large = (f"; {candidate.name} needed {format_bytes(probe.peak_bytes)} at a step's peak, more "
+                                f"than half of the {format_bytes(free)} free here")
+            break
+        probed.rates[candidate] = probe.rate
+        left = budget - (time.monotonic() - started)
+        probed.schedules[candidate] = schedule(fp, options, rate=probe.rate, crop=crop, batch=probed.batch, budget=left)
+        if not enough(candidate, probed.schedules[candidate], crop):
+            break
+    return probed
+
+
+def _fit_batch(measure, candidate: Candidate, batch: int, memory: float, free: int) -> tuple[Probe, int, str | None]:
+    """The candidate's probe at `batch`, or at a batch cut to fit in `memory` (timed again), and why it was cut.
+    The cut assumes a step's memory grows with the batch: it overestimates, so one cut is enough."""
+    probe = measure(candidate, batch)
+    if probe.fits(memory) or batch == 1:
+        return probe, batch, None
+    smaller = max(1, int(batch * memory / probe.peak_bytes))
+    reason = (f"{smaller} crops per step: {batch} needed {format_bytes(probe.peak_bytes)} at a step's peak, more "
+              f"than half of the {format_bytes(free)} free here")
+    probe = measure(candidate, smaller)
+    if not probe.fits(memory):
+        reason += f"; even {smaller} needs {format_bytes(probe.peak_bytes)}: a smaller --crop would fit"
+    return probe, smaller, reason
 
 
 def make_plan(fp: Fingerprint, options: TrainOptions, *, device, precision, out_channels: int, timer=time_steps) -> Plan:
     """Fill in what the user left out: crop from the objects, the model from timed steps, the schedule from the budget."""
+    from .runtime import free_memory
+
     budget = options.time_limit or DEFAULT_BUDGET
     if budget < MIN_BUDGET:
         raise UsageError(f"--time-limit {budget:.0f}s is too short to plan a run; give at least {MIN_BUDGET:.0f}s "
@@ -248,19 +339,18 @@ def make_plan(fp: Fingerprint, options: TrainOptions, *, device, precision, out_
     fixed = options.set_by_user
     started = time.monotonic()
     crop, crop_reason = (options.crop, "set by you") if "crop" in fixed else plan_crop(fp)
-    batch = options.batch_size if "batch_size" in fixed else 8
-    rates: dict[Candidate, float] = {}
-    schedules: dict[Candidate, Schedule] = {}
-    # smallest first: a slow device, where timing costs most, stops at the first candidate short of its minimum
-    # (a larger one would be slower still and need more)
-    for candidate in reversed(_candidates(options)):
-        rates[candidate] = timer(candidate, crop=crop, batch=batch, channels=fp.channels,
-                                 out_channels=out_channels, device=device, precision=precision)
-        left = budget - (time.monotonic() - started)
-        schedules[candidate] = schedule(fp, options, rate=rates[candidate], crop=crop, batch=batch, budget=left)
-        if not enough(candidate, schedules[candidate], crop):
-            break
-    model, model_wording = choose(rates, schedules, crop)
+    batch, batch_reason = (options.batch_size, "set by you") if "batch_size" in fixed else plan_batch(crop)
+
+    def measure(candidate: Candidate, batch_: int) -> Probe:
+        return timer(candidate, crop=crop, batch=batch_, channels=fp.channels, out_channels=out_channels,
+                     device=device, precision=precision)
+
+    probed = _probe_models(fp, options, measure, crop=crop, batch=batch, budget=budget, started=started,
+                           free=free_memory(device))
+    batch, batch_reason = probed.batch, probed.batch_reason or batch_reason
+    rates, schedules = probed.rates, probed.schedules
+    model, model_wording = choose(rates, schedules, crop, alone=len(_candidates(options)) == 1,
+                                  too_large=probed.too_large)
     left = budget - (time.monotonic() - started)  # after every probe
     plan_schedule = schedule(fp, options, rate=rates[model], crop=crop, batch=batch, budget=left)
     model_reason = model_wording.format(rate=rates[model], crops=plan_schedule.crops)
@@ -270,7 +360,7 @@ def make_plan(fp: Fingerprint, options: TrainOptions, *, device, precision, out_
                "augment": "light" if light else "default", "lr": model.lr}
     per_epoch = (plan_schedule.seconds / plan_schedule.epochs)
     reasons = {"encoder": model_reason, "decoder_width": model_reason, "crop": crop_reason,
-               "batch_size": "set by you" if "batch_size" in fixed else "8 crops per step",
+               "batch_size": batch_reason,
                "epochs": f"about {per_epoch:.0f} s each, validation {plan_schedule.validation_seconds:.0f} s of it",
                "samples_per_epoch": f"{plan_schedule.crops} crops in all over the epochs",
                "augment": "few passes over the data: light" if light else "enough passes for the default augmentation",

@@ -1,4 +1,4 @@
-"""Where the work runs: device, precision, the torchrun environment, and stop signals.
+"""Where the work runs: device, precision, memory, the torchrun environment, and stop signals.
 
 `UNETCLI_PRECISION` (fp32 | bf16 | fp16) sets what `--precision auto` resolves to, for a whole process: e.g.
 `UNETCLI_PRECISION=fp32 python -m pytest` runs the suite as a CPU without native bf16 would.
@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 from dataclasses import dataclass
+from typing import Self
 
 import torch
 
@@ -105,6 +106,53 @@ def pick_precision(requested: str, device: torch.device) -> Precision:
     # speeds up fp32 as well (resnet34 U-Net, 2 cores: inference 1.5x, a training step 1.35x; with oneDNN
     # limited to AVX2, as on most laptops, 1.24x and 1.15x). fp32 on GPUs keeps the default layout.
     return Precision(requested, dtype, channels_last=dtype is not None or device.type == "cpu")
+
+
+class PeakMemory:
+    """The memory a block of work adds at its peak, in bytes (None where it cannot be measured): CUDA's allocator
+    statistics on a GPU; on Linux the process's peak resident set (VmHWM, reset through /proc/self/clear_refs),
+    which misses what the allocator reuses from memory the process already held, so it can read low."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.start, self.peak = device, None, None
+
+    def __enter__(self) -> Self:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        elif self.device.type == "cpu":
+            with contextlib.suppress(OSError):
+                with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
+                    clear.write("5")
+                self.start = _status_bytes("VmRSS")
+        return self
+
+    def __exit__(self, *_) -> None:
+        if self.start is None:
+            return
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.start
+        else:
+            high = _status_bytes("VmHWM")
+            self.peak = None if high is None else max(0, high - self.start)
+
+
+def _status_bytes(field: str) -> int | None:
+    """A byte count from /proc/self/status (its figures are in kB), None where there is none."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field + ":"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+def free_memory(device: torch.device) -> int:
+    """Memory work on `device` may still fill: the GPU's free memory, else the machine's (cache.available_memory)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    from .cache import available_memory
+
+    return available_memory()
 
 
 class Distributed:
