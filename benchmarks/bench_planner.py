@@ -9,7 +9,7 @@ line per run and writes a JSON of every figure plus a picture of pixel error aga
     (--isa avx2: fp32 with oneDNN limited to AVX2, standing in for a laptop CPU without bf16)
     python benchmarks/bench_planner.py --dataset rgb --minutes 2 5 --out benchmarks/results/planner_rgb.json
     (--dataset rgb: the generated RGB four-class set of synthetic_rgb.py, so the rules are not tuned to membrane)
-    python benchmarks/bench_planner.py --dataset membrane-2x --minutes 5 --configs planner --config "b8=--batch-size 8"
+    python benchmarks/bench_planner.py --dataset membrane-2x --minutes 5 --configs planner b8 --config "b8=--batch-size 8"
     (--dataset membrane-2x: the membrane split scaled up twice, 1024 px, so objects are twice as large and the plan's
     crop is 512: a case for the batch rule, 2 crops of 512 px against 8)
     python benchmarks/bench_planner.py --dataset rgb --minutes 2 --configs defaults \
