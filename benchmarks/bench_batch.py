@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_end_to_end import log, machine_facts
-from bench_planner import cpu_facts
+from bench_end_to_end import log
+from bench_planner import isa_environment, where_it_ran
+
+from unetcli.planner import CANDIDATES
 
 REPO = Path(__file__).resolve().parent.parent
 CASES = [(256, 8), (384, 4), (384, 8), (512, 2), (512, 8)]  # (crop, batch): the planned ones and 8 large crops
@@ -53,11 +54,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "batch.json")
     args = parser.parse_args()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    if args.isa == "avx2":
-        env.update(UNETCLI_PRECISION="fp32", ONEDNN_MAX_CPU_ISA="AVX2")
-    from unetcli.planner import CANDIDATES
-
+    env = {**isa_environment(args.isa), "PYTHONPATH": str(REPO)}
     rows = []
     for candidate in CANDIDATES:
         for crop, batch in CASES:
@@ -69,10 +66,8 @@ def main() -> int:
             rows.append(row)
             log(f"{candidate.name:22s} {crop} px x {batch}: {row['crops_per_s']:.2f} crops/s, "
                 f"{megapixels:.3f} Mpx/s, peak {row['peak_gb']} GB")
-    cpu = cpu_facts()
-    precision = "fp32 (oneDNN limited to AVX2)" if args.isa == "avx2" else machine_facts()["precision_auto"]
-    result = {"command": "python benchmarks/bench_batch.py " + " ".join(sys.argv[1:]), "cpu": cpu,
-              "precision": precision, "when": time.strftime("%Y-%m-%d"), "steps_timed": args.steps, "rows": rows}
+    result = {"command": "python benchmarks/bench_batch.py " + " ".join(sys.argv[1:]), **where_it_ran(args.isa),
+              "when": time.strftime("%Y-%m-%d"), "steps_timed": args.steps, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     log(f"wrote {args.out}")

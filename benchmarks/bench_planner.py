@@ -60,6 +60,20 @@ def cpu_facts() -> dict:
     return {"cpu_model": model, "isa": isa, "avx512_bf16": "avx512_bf16" in flags}
 
 
+def isa_environment(isa: str) -> dict:
+    """The environment for subprocesses: as it is (native), or fp32 with oneDNN limited to AVX2 (a laptop stand-in)."""
+    env = dict(os.environ)
+    if isa == "avx2":
+        env.update(UNETCLI_PRECISION="fp32", ONEDNN_MAX_CPU_ISA="AVX2")
+    return env
+
+
+def where_it_ran(isa: str) -> dict:
+    """The CPU and the precision the runs used, for a results file."""
+    precision = "fp32 (oneDNN limited to AVX2)" if isa == "avx2" else machine_facts()["precision_auto"]
+    return {"cpu": cpu_facts(), "precision": precision}
+
+
 def train_and_score(train_dir: Path, test_dir: Path, run_dir: Path, *, minutes: float, seed: int, config: str,
                     extra: list[str], env: dict) -> dict:
     args = ["train", train_dir, "--val-split", "0", "-o", run_dir, "--time-limit", f"{minutes:g}m", "--seed", seed,
@@ -175,9 +189,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.merge:
         return merge(args.merge, args.out)
-    env = dict(os.environ)
-    if args.isa == "avx2":
-        env.update(UNETCLI_PRECISION="fp32", ONEDNN_MAX_CPU_ISA="AVX2")
+    env = isa_environment(args.isa)
     if args.dataset == "rgb":
         train_dir, test_dir = split_rgb(args.workdir / "data")
     else:
@@ -200,10 +212,8 @@ def main() -> int:
                 runs.append(row)
                 log(f"{minutes:g} min seed {seed} {config:8s}: pixel error {row['pixel_error']:.4f}, mean Dice "
                     f"{row['mean_dice']:.4f}, {row['epochs_done']} epochs in {row['train_wall_s']:.0f} s, {row['options']}")
-    cpu = cpu_facts()
-    precision = "fp32 (oneDNN limited to AVX2)" if args.isa == "avx2" else machine_facts()["precision_auto"]
-    result = {"command": "python benchmarks/bench_planner.py " + " ".join(sys.argv[1:]), "cpu": cpu,
-              "precision": precision, "machine": machine_facts(), "load_start": start, "load_end": load_snapshot(),
+    result = {"command": "python benchmarks/bench_planner.py " + " ".join(sys.argv[1:]), **where_it_ran(args.isa),
+              "machine": machine_facts(), "load_start": start, "load_end": load_snapshot(),
               "when": time.strftime("%Y-%m-%d"), "dataset": args.dataset,
               **({"train_slices": "0-24", "test_slices": "25-29"} if args.dataset.startswith("membrane") else
                  {"train_pairs": 40, "test_pairs": 10, "generator": "benchmarks/synthetic_rgb.py"}),
