@@ -55,14 +55,21 @@ def parse_bytes(text: str, name: str = "UNETCLI_MEMORY_LIMIT") -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
+def proc_bytes(path: str, field: str) -> int | None:
+    """A byte count from a Linux /proc file whose lines read `Field:   N kB` (meminfo, self/status); None where
+    there is none."""
+    try:
+        with open(path, encoding="ascii") as lines:
+            return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(field + ":"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
 def available_memory() -> int:
     """Memory this process may fill: MemAvailable (Linux), else the free physical pages, capped by
     UNETCLI_MEMORY_LIMIT when set (which also lets tests pretend to have little memory)."""
-    available = None
-    try:
-        with open("/proc/meminfo", encoding="ascii") as info:
-            available = next(int(line.split()[1]) * 1024 for line in info if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError, IndexError):
+    available = proc_bytes("/proc/meminfo", "MemAvailable")
+    if available is None:
         try:
             available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):

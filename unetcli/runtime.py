@@ -121,10 +121,12 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start = torch.cuda.memory_allocated(self.device)
         elif self.device.type == "cpu":
+            from .cache import proc_bytes
+
             with contextlib.suppress(OSError):
                 with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
                     clear.write("5")
-                self.start = _status_bytes("VmRSS")
+                self.start = proc_bytes("/proc/self/status", "VmRSS")
         return self
 
     def __exit__(self, *_) -> None:
@@ -133,17 +135,10 @@ class PeakMemory:
         if self.device.type == "cuda":
             self.peak = torch.cuda.max_memory_allocated(self.device) - self.start
         else:
-            high = _status_bytes("VmHWM")
+            from .cache import proc_bytes
+
+            high = proc_bytes("/proc/self/status", "VmHWM")
             self.peak = None if high is None else max(0, high - self.start)
-
-
-def _status_bytes(field: str) -> int | None:
-    """A byte count from /proc/self/status (its figures are in kB), None where there is none."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field + ":"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        return None
 
 
 def free_memory(device: torch.device) -> int:
