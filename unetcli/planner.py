@@ -302,8 +302,7 @@ def _probe_models(fp: Fingerprint, options: TrainOptions, measure, *, crop: int,
         else:
             probe, probed.batch, probed.batch_reason = _fit_batch(measure, candidate, batch, memory, free)
         if probed.rates and not probe.fits(memory):
-            probed.too_large = (f"; {candidate.name} needed {format_bytes(probe.peak_bytes)} at a step's peak, more "
-                                f"than half of the {format_bytes(free)} free here")
+            probed.too_large = f"; {candidate.name} needed {_over_memory(probe, free)}"
             break
         probed.rates[candidate] = probe.rate
         left = budget - (time.monotonic() - started)
@@ -311,6 +310,10 @@ def _probe_models(fp: Fingerprint, options: TrainOptions, measure, *, crop: int,
         if not enough(candidate, probed.schedules[candidate], crop):
             break
     return probed
+
+
+def _over_memory(probe: Probe, free: int) -> str:
+    return f"{format_bytes(probe.peak_bytes)} at a step's peak, more than half of the {format_bytes(free)} free here"
 
 
 def _fit_batch(measure, candidate: Candidate, batch: int, memory: float, free: int) -> tuple[Probe, int, str | None]:
@@ -324,8 +327,7 @@ def _fit_batch(measure, candidate: Candidate, batch: int, memory: float, free: i
         probe = measure(candidate, fitted)
     if fitted == batch:
         return probe, batch, None
-    reason = (f"{fitted} crop{'s' * (fitted > 1)} per step: {batch} needed {format_bytes(first.peak_bytes)} at a "
-              f"step's peak, more than half of the {format_bytes(free)} free here")
+    reason = f"{fitted} crop{'s' * (fitted > 1)} per step: {batch} needed {_over_memory(first, free)}"
     if not probe.fits(memory):
         reason += f"; even 1 needs {format_bytes(probe.peak_bytes)}: a smaller --crop would fit"
     return probe, fitted, reason
