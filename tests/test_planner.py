@@ -15,8 +15,9 @@ import yaml
 from helpers import cli, ok, user_error, write_binary_dataset
 
 from unetcli.errors import UsageError
+from unetcli.fingerprint import Fingerprint, typical_object_diameter
 from unetcli.options import TrainOptions
-from unetcli.planner import CANDIDATES, ENOUGH_CROPS, FEW_CROPS, Fingerprint, Probe, make_plan, plan_batch, plan_crop, typical_object_diameter
+from unetcli.planner import CANDIDATES, ENOUGH_CROPS, FEW_CROPS, Probe, make_plan, plan_batch, plan_crop
 from unetcli.runtime import PeakMemory, pick_precision
 
 
@@ -48,22 +49,24 @@ def test_crop_holds_about_three_objects_and_fits_the_images(diameter, smallest, 
     assert plan_crop(fingerprint(diameter, smallest))[0] == crop
 
 
-def fixed_clock(rates: dict[str, float], bytes_per_crop: dict[str, float] | None = None, probed: list | None = None):
-    """A timer that reports the given crops/s per encoder+decoder instead of timing anything, and a step's memory
-    as bytes_per_crop x batch (None: not measured); `probed` collects (model, batch) of each call."""
+def fixed_clock(rates: dict[str, float], bytes_per_crop: dict[str, float] | None = None, probed: list | None = None,
+                speedup=None):
+    """A timer that reports the given crops/s per encoder+decoder instead of timing anything (x speedup(batch) if
+    given), and a step's memory as bytes_per_crop x batch (None: not measured); `probed` collects (model, batch)."""
     def timer(candidate, *, batch, **_):
         if probed is not None:
             probed.append((candidate.name, batch))
         peak = bytes_per_crop[candidate.name] * batch if bytes_per_crop else None
-        return Probe(rates[candidate.name], peak)
+        return Probe(rates[candidate.name] * (speedup(batch) if speedup else 1), peak)
     return timer
 
 
-def plan_for(options: TrainOptions, rates: dict[str, float], fp: Fingerprint | None = None, **clock):
+def plan_for(options: TrainOptions, rates: dict[str, float], fp: Fingerprint | None = None, device: str = "cpu",
+             **clock):
     import torch
 
-    device = torch.device("cpu")
-    return make_plan(fp or fingerprint(83), options, device=device, precision=pick_precision("fp32", device),
+    cpu = torch.device("cpu")  # a "cuda" device here is only a name: the fake clock times nothing
+    return make_plan(fp or fingerprint(83), options, device=torch.device(device), precision=pick_precision("fp32", cpu),
                      out_channels=1, timer=fixed_clock(rates, **clock))
 
 
@@ -169,6 +172,32 @@ def test_a_batch_the_user_sets_is_kept_even_where_memory_is_short(monkeypatch):
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="the resident-set peak is read on Linux")
+def test_on_a_gpu_the_batch_grows_while_it_trains_faster_and_fits(monkeypatch):
+    import unetcli.runtime
+
+    free = {"bytes": 80 * GB}
+    monkeypatch.setattr(unetcli.runtime, "free_memory", lambda device: free["bytes"])
+    gpu = {name: 40 * rate for name, rate in FAST.items()}
+    per_crop = dict.fromkeys(FAST, 0.5 * GB)
+    saturates_at_32 = lambda batch: min(batch, 32) / 8
+    probed = []
+    plan = plan_for(TrainOptions(time_limit=300.0), gpu, device="cuda", probed=probed, speedup=saturates_at_32,
+                    bytes_per_crop=per_crop)
+    assert plan.choices["batch_size"] == 32  # 64 trained no more crops per second than 32
+    assert probed[:4] == [("resnet18, decoder 128", batch) for batch in (8, 16, 32, 64)]
+    assert {batch for _, batch in probed[4:]} == {32}  # the larger candidates are timed at the grown batch
+    assert plan.reasons["batch_size"] == "32 crops per step: this GPU trained 4800 crops/s with 32, 1200 with 8"
+    free["bytes"] = 20 * GB  # half of it, 10 GB, holds 20 crops of 0.5 GB: 16, not 32
+    assert plan_for(TrainOptions(time_limit=300.0), gpu, device="cuda", speedup=saturates_at_32,
+                    bytes_per_crop=per_crop).choices["batch_size"] == 16
+    probed.clear()  # a CPU is not tried: per crop a larger batch is no faster there
+    assert plan_for(TrainOptions(time_limit=300.0), FAST, probed=probed, speedup=saturates_at_32).choices["batch_size"] == 8
+    assert {batch for _, batch in probed} == {8}
+    user_set = plan_for(TrainOptions.from_values({"time_limit": 300, "batch_size": 8}), gpu, device="cuda",
+                        speedup=saturates_at_32, bytes_per_crop=per_crop)
+    assert user_set.choices["batch_size"] == 8 and user_set.reasons["batch_size"] == "set by you"
+
+
 def test_peak_memory_sees_what_a_block_adds_and_frees():
     import torch
 

@@ -7,7 +7,9 @@ A few explicit rules over a small table of candidates, not a search (docs/decisi
   the smallest candidate up; the largest that trains on at least its own minimum of crops within the budget
   and whose step fits in memory (the smallest has no minimum, so it is the fallback);
 - batch: 8 crops of 256 px, or about as many pixels in fewer, larger crops (no fewer than 2); fewer when a step
-  would need more than half of the memory free when planning (measured by the smallest candidate's probe);
+  would need more than half of the memory free when planning (measured by the smallest candidate's probe); on a
+  GPU more, doubled while a step still fits and each doubling trains at least GROWTH_GAIN x the crops per second
+  (a GPU is far from full at 8 crops of 256 px; a CPU is not, so there it is not tried);
 - epochs and samples per epoch: the budget cut into about EPOCHS_TARGET epochs of equal length, so that the
   learning-rate schedule ends when the budget does and every epoch leaves a model-last to resume from (with
   --time-limit twice as many epochs are allowed and the clock ends the run: the schedule follows the clock);
@@ -27,6 +29,7 @@ import numpy as np
 
 from .cache import format_bytes
 from .errors import UsageError
+from .fingerprint import Fingerprint
 from .modelmeta import default_tile_size
 from .options import TrainOptions
 
@@ -39,6 +42,8 @@ CLOCK_HEADROOM = 2  # with --time-limit, planned epochs x this: the learning rat
 VALIDATION_SHARE = 0.15  # at most this share of the budget goes to validation
 PIXELS_PER_STEP = 8 * 256 * 256  # the batch every rule here was measured with: 8 crops of 256 px
 STEP_MEMORY_SHARE = 0.5  # of the memory free when planning, at most this for a training step (the rest: data, OS)
+GROWTH_GAIN = 1.5  # on a GPU the batch doubles while crops/s rises at least this much with it (steps/s >= 0.75x)
+MAX_BATCH = 64
 PLANNED = ("encoder", "decoder_width", "crop", "batch_size", "samples_per_epoch", "epochs", "augment", "lr")
 
 
@@ -64,54 +69,6 @@ class Candidate:
 # with 4x the usual peak learning rate (better on membrane at 2 and 5 min; resnet18 / 256 was worse with it on RGB)
 CANDIDATES = (Candidate("resnet34", 256, ENOUGH_CROPS), Candidate("resnet18", 256, FEW_CROPS),
               Candidate("resnet18", 128, 0, lr=4e-3))
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    """What the plan needs to know about the training data."""
-
-    pairs: int
-    channels: int
-    median_size: tuple[int, int]  # (height, width)
-    smallest_side: int
-    class_shares: tuple[float, ...]
-    object_diameter: float | None  # see typical_object_diameter, pixels
-    val_pixels: int = 0
-    instances: bool = False  # the masks are object ids (mask mode instances)
-
-
-def typical_object_diameter(masks: list[np.ndarray], *, limit: int = 32) -> float | None:
-    """The equivalent diameter of the object a typical foreground pixel belongs to: the area-weighted median over
-    the connected regions of each non-background class (ids 1..254) in up to `limit` masks. Weighting by area
-    keeps slivers cut by the image border and specks from pulling the figure down."""
-    import cv2
-
-    areas: list[int] = []
-    for mask in masks[:limit]:
-        for class_id in np.unique(mask):
-            if class_id in (0, 255):
-                continue
-            count, _, stats, _ = cv2.connectedComponentsWithStats((mask == class_id).astype(np.uint8), connectivity=8)
-            areas.extend(int(a) for a in stats[1:count, cv2.CC_STAT_AREA])
-    if not areas:
-        return None
-    ordered = np.sort(np.array(areas, np.float64))
-    cumulative = np.cumsum(ordered)
-    median_area = ordered[np.searchsorted(cumulative, cumulative[-1] / 2)]
-    return round(float(np.sqrt(4 * median_area / np.pi)), 1)
-
-
-def fingerprint(scan, val_scan=None) -> Fingerprint:
-    """A DatasetScan (and the validation set's) -> Fingerprint."""
-    sizes = np.array(scan.sizes)
-    total = sum(scan.class_pixels) or 1
-    val_pixels = sum(h * w for h, w in val_scan.sizes) if val_scan is not None else 0
-    return Fingerprint(
-        pairs=len(scan.samples), channels=scan.in_channels,
-        median_size=(int(np.median(sizes[:, 0])), int(np.median(sizes[:, 1]))), smallest_side=int(sizes.min()),
-        class_shares=tuple(round(c / total, 4) for c in scan.class_pixels),
-        object_diameter=typical_object_diameter([s.mask for s in scan.samples]), val_pixels=val_pixels,
-        instances=scan.class_map.mode == "instances")
 
 
 def plan_crop(fp: Fingerprint) -> tuple[int, str]:
@@ -291,9 +248,10 @@ class Probed:
 
 
 def _probe_models(fp: Fingerprint, options: TrainOptions, measure, *, crop: int, batch: int, budget: float,
-                  started: float, free: int) -> Probed:
+                  started: float, free: int, grow: bool = False) -> Probed:
     """Time the candidates from the smallest up, stopping at the first short of its minimum of crops (a larger one
-    would be slower still and need more) or too large for memory; the smallest's probe also fits the batch."""
+    would be slower still and need more) or too large for memory; the smallest's probe also fits the batch (and
+    with `grow`, on a GPU, grows it)."""
     memory = STEP_MEMORY_SHARE * free
     probed = Probed({}, {}, batch)
     for candidate in reversed(_candidates(options)):
@@ -301,6 +259,8 @@ def _probe_models(fp: Fingerprint, options: TrainOptions, measure, *, crop: int,
             probe = measure(candidate, probed.batch)
         else:
             probe, probed.batch, probed.batch_reason = _fit_batch(measure, candidate, batch, memory, free)
+            if grow and probed.batch_reason is None:
+                probe, probed.batch, probed.batch_reason = _grow_batch(measure, candidate, probe, batch, memory)
         if probed.rates and not probe.fits(memory):
             probed.too_large = f"; {candidate.name} needed {_over_memory(probe, free)}"
             break
@@ -333,6 +293,22 @@ def _fit_batch(measure, candidate: Candidate, batch: int, memory: float, free: i
     return probe, fitted, reason
 
 
+def _grow_batch(measure, candidate: Candidate, probe: Probe, batch: int, memory: float) -> tuple[Probe, int, str | None]:
+    """The batch doubled (and timed) while a step fits in `memory` and the doubling trains at least GROWTH_GAIN x
+    the crops per second, up to MAX_BATCH; why it grew. A GPU trained 8 crops of 256 px at 23 Mpx/s and 32 of
+    512 px at 100 (H200, benchmarks/results/gpu_h200_train_*.json): small batches leave most of it idle."""
+    first, grown = probe, batch
+    while grown * 2 <= MAX_BATCH:
+        bigger = measure(candidate, grown * 2)
+        if not bigger.fits(memory) or bigger.rate < GROWTH_GAIN * probe.rate:
+            break
+        probe, grown = bigger, grown * 2
+    if grown == batch:
+        return probe, batch, None
+    return probe, grown, (f"{grown} crops per step: this GPU trained {probe.rate:.0f} crops/s with {grown}, "
+                          f"{first.rate:.0f} with {batch}")
+
+
 def make_plan(fp: Fingerprint, options: TrainOptions, *, device, precision, out_channels: int, timer=time_steps) -> Plan:
     """Fill in what the user left out: crop from the objects, the model from timed steps, the schedule from the budget."""
     from .runtime import free_memory
@@ -346,12 +322,12 @@ def make_plan(fp: Fingerprint, options: TrainOptions, *, device, precision, out_
     crop, crop_reason = (options.crop, "set by you") if "crop" in fixed else plan_crop(fp)
     batch, batch_reason = (options.batch_size, "set by you") if "batch_size" in fixed else plan_batch(crop)
 
-    def measure(candidate: Candidate, batch_: int) -> Probe:
+    def measure(candidate: Candidate, batch_: int) -> Probe:  # a GPU step takes milliseconds: time a few
         return timer(candidate, crop=crop, batch=batch_, channels=fp.channels, out_channels=out_channels,
-                     device=device, precision=precision)
+                     device=device, precision=precision, steps=3 if device.type == "cuda" else 1)
 
     probed = _probe_models(fp, options, measure, crop=crop, batch=batch, budget=budget, started=started,
-                           free=free_memory(device))
+                           free=free_memory(device), grow=device.type == "cuda")
     batch, batch_reason = probed.batch, probed.batch_reason or batch_reason
     rates, schedules = probed.rates, probed.schedules
     model, model_wording = choose(rates, schedules, crop, alone=len(_candidates(options)) == 1,

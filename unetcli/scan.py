@@ -27,7 +27,7 @@ from .instance_masks import instance_signs, object_ids
 from .mask_modes import infer_class_map
 from .masks import IGNORE_ID, ClassMap, MaskStats, mask_stats
 
-PLANNER_MASKS = 32  # masks of the first pairs kept decoded for the planner (planner.typical_object_diameter)
+PLANNER_MASKS = 32  # masks of the first pairs kept decoded for the planner (fingerprint.typical_object_diameter)
 PROGRESS_SECONDS = 0.25  # DataProgress events at most this often (and one at the end)
 
 

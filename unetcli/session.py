@@ -298,8 +298,9 @@ def plan_run(options: TrainOptions) -> Plan:
 
 def _plan(options: TrainOptions, data: TrainingData, *, dist: Distributed, precision: Precision) -> Plan:
     """Plan the options the user left out (see planner.py); every rank plans, rank 0's plan is used by all."""
+    from .fingerprint import fingerprint
     from .model import output_channels
-    from .planner import fingerprint, make_plan
+    from .planner import make_plan
 
     class_map = data.scan.class_map
     plan = make_plan(fingerprint(data.scan, data.val_scan), options, device=dist.device, precision=precision,
