@@ -85,8 +85,10 @@ def test_a_slow_device_gets_the_fastest_model_and_a_fast_one_the_largest():
     assert list(slow.throughput) == [CANDIDATES[-1].name, CANDIDATES[-2].name]
     assert len(fast.throughput) == len(CANDIDATES)
     assert "too few for a larger model" in slow.reasons["encoder"] and "it needs 4000 of 256 px" in fast.reasons["encoder"]
-    # each model its own peak learning rate: 4x the usual for the narrow decoder
-    assert slow.choices["lr"] == 4 * TrainOptions().lr and "higher peak" in slow.reasons["lr"]
+    # each model its own peak learning rate: 6x the usual for the narrow decoder; light augmentation with it
+    assert slow.choices["lr"] == 6 * TrainOptions().lr and "higher peak" in slow.reasons["lr"]
+    assert slow.choices["augment"] == "light" and "smallest model" in slow.reasons["augment"]
+    assert fast.choices["augment"] == "default"
     assert fast.choices["lr"] == TrainOptions().lr and "the usual peak" in fast.reasons["lr"]
 
 

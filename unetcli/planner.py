@@ -13,7 +13,8 @@ A few explicit rules over a small table of candidates, not a search (docs/decisi
 - epochs and samples per epoch: the budget cut into about EPOCHS_TARGET epochs of equal length, so that the
   learning-rate schedule ends when the budget does and every epoch leaves a model-last to resume from (with
   --time-limit twice as many epochs are allowed and the clock ends the run: the schedule follows the clock);
-- augmentation: light when the budget allows few passes, default otherwise;
+- augmentation: light with the smallest model (it is planned only for short runs) or when the budget allows few
+  passes, default otherwise;
 - learning rate: each candidate's own peak (the 128-wide decoder learned faster with a higher one);
 - the border weight map on for object-id (instances) masks: it separates touching objects.
 Options the user sets are kept as they are; the plan fills in the rest.
@@ -66,9 +67,10 @@ class Candidate:
 
 # largest first; resnet34 only where more crops stop paying, resnet18 / 256 once the run is past its first few
 # passes (the 128-wide decoder lost the thinnest class in 2 of 3 seeds on the RGB benchmark), the smallest else,
-# with 4x the usual peak learning rate (better on membrane at 2 and 5 min; resnet18 / 256 was worse with it on RGB)
+# with 6x the usual peak learning rate (better on membrane at 2 and 5 min; resnet18 / 256 was worse with 4x on RGB)
 CANDIDATES = (Candidate("resnet34", 256, ENOUGH_CROPS), Candidate("resnet18", 256, FEW_CROPS),
-              Candidate("resnet18", 128, 0, lr=4e-3))
+              Candidate("resnet18", 128, 0, lr=6e-3))
+SMALLEST = CANDIDATES[-1]
 
 
 def plan_crop(fp: Fingerprint) -> tuple[int, str]:
@@ -335,7 +337,8 @@ def make_plan(fp: Fingerprint, options: TrainOptions, *, device, precision, out_
     left = budget - (time.monotonic() - started)  # after every probe
     plan_schedule = schedule(fp, options, rate=rates[model], crop=crop, batch=batch, budget=left)
     model_reason = model_wording.format(rate=rates[model], crops=plan_schedule.crops)
-    light = equivalent_crops(plan_schedule, crop) < FEW_CROPS
+    few = equivalent_crops(plan_schedule, crop) < FEW_CROPS
+    light = few or model == SMALLEST
     choices = {"encoder": model.encoder, "decoder_width": model.decoder_width, "crop": crop, "batch_size": batch,
                "epochs": plan_schedule.epochs, "samples_per_epoch": plan_schedule.samples_per_epoch,
                "augment": "light" if light else "default", "lr": model.lr}
@@ -344,7 +347,8 @@ def make_plan(fp: Fingerprint, options: TrainOptions, *, device, precision, out_
                "batch_size": batch_reason,
                "epochs": f"about {per_epoch:.0f} s each, validation {plan_schedule.validation_seconds:.0f} s of it",
                "samples_per_epoch": f"{plan_schedule.crops} crops in all over the epochs",
-               "augment": "few passes over the data: light" if light else "enough passes for the default augmentation",
+               "augment": ("few passes over the data: light" if few else "a short run of the smallest model: light"
+                           if light else "enough passes for the default augmentation"),
                "lr": ("the narrow decoder learns faster with a higher peak" if model.lr > TrainOptions.lr
                       else "the usual peak for this model")}
     if fp.instances:
