@@ -370,12 +370,19 @@ def test_report_draws_the_objects_panel():
 @pytest.mark.membrane
 @pytest.mark.skipif(not (MEMBRANE / "images").is_dir(), reason="needs ../shared/datasets/membrane")
 def test_shipped_membrane_model_boundary_figures_match_its_model_card(tmp_path):
-    """weights/membrane/README.md gives these (measured with bf16 autocast on an AVX-512 CPU; fp32 elsewhere moves
-    them by a little, hence the tolerances)."""
+    """weights/membrane/README.md gives these, for bf16 autocast and for fp32 (a few cells merge across a faint
+    membrane in fp32, which moves the object figures though not the pixel ones); evaluated at the precision `auto`
+    picks here, with tolerances for the rest of what differs between CPUs."""
+    import torch
+
+    from unetcli.runtime import pick_precision
+
     data = link_slices(tmp_path / "held-out", range(25, 30))
     summary = json.loads(ok(cli("evaluate", WEIGHTS, data, "--json")).stdout)
     cell = summary["objects"]["cell"]  # class 255, the cell interior, is the object class; membrane (0) background
     assert cell["true_objects"] == 579
-    assert cell["rand_error"] == pytest.approx(0.174, abs=0.01)
-    assert (cell["vi_split"], cell["vi_merge"]) == pytest.approx((0.263, 0.602), abs=0.03)
+    bf16 = pick_precision("auto", torch.device("cpu")).name == "bf16"  # UNETCLI_PRECISION included
+    rand_error, vi = (0.174, (0.263, 0.602)) if bf16 else (0.224, (0.263, 0.679))
+    assert cell["rand_error"] == pytest.approx(rand_error, abs=0.01)
+    assert (cell["vi_split"], cell["vi_merge"]) == pytest.approx(vi, abs=0.03)
     assert summary["isbi_pixel_error"] == pytest.approx(0.0475, abs=0.003)
