@@ -5,6 +5,7 @@ resume) runs in-process to save the ~8 s of imports per subprocess."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import signal
@@ -244,3 +245,18 @@ def test_torchrun_two_cpu_processes_train_resume_and_predict(binary_data, tmp_pa
     shares = sorted(re.findall(r"^rank (\d) of 2: (\d+) predicted", predicted.stderr, re.M))
     assert [rank for rank, _ in shares] == ["0", "1"] and sum(int(n) for _, n in shares) == len(inputs), predicted.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(Path(name).stem + ".png" for name in inputs)
+
+
+def test_resume_keeps_the_decoder_the_run_began_with(binary_data, tmp_path, monkeypatch):
+    """A run begun by an earlier unetcli, whose 128-wide decoder ended with 8 channels, resumes with that decoder."""
+    import unetcli.model
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(unetcli.model, "decoder_channels", lambda width: tuple(width >> i for i in range(5)))
+    ok(cli("train", binary_data, "-o", run, *TINY, "--decoder-width", "128", "--epochs", "1", "--quiet"))
+    monkeypatch.undo()
+    assert unetcli.model.decoder_channels(128)[-1] == 16
+    ok(cli("train", "--resume", run, "--epochs", "2", "--quiet"))
+    assert epochs_in(run) == [1, 2]
+    config = json.loads((run / "model-last" / "config.json").read_text())
+    assert config["decoder_channels"] == [128, 64, 32, 16, 8]

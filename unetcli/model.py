@@ -31,18 +31,24 @@ def loss_parts(kind: str) -> list[str]:
     return parts
 
 
+MIN_DECODER_CHANNELS = 16
+
+
 def decoder_channels(width: int) -> tuple[int, ...]:
-    """The five decoder blocks' widths: `width` halved at each block (256 -> smp's default 256..16)."""
+    """The five decoder blocks' widths: `width` halved at each block, no fewer than 16 (256 -> smp's default
+    256..16; 128 -> 128, 64, 32, 16, 16). The floor: with 8 channels at full resolution a resnet18 U-Net lost the
+    2-4 px wide class of the RGB benchmark in some seeds; with 16 it kept it in all (docs/decisions.md, planner)."""
     if width < 32 or width % 16:
         raise UsageError(f"--decoder-width {width}: use a multiple of 16, at least 32 (e.g. 64, 128, 256)")
-    return tuple(width >> i for i in range(5))
+    return tuple(max(MIN_DECODER_CHANNELS, width >> i) for i in range(5))
 
 
 def build_model(encoder: str, in_channels: int, out_channels: int, encoder_weights: str | None = None, *,
-                decoder_width: int = 256) -> torch.nn.Module:
-    """smp.Unet whose decoder upsamples by nearest-neighbour resize + convolution (no transposed convs)."""
+                decoder_width: int = 256, decoder: tuple[int, ...] | None = None) -> torch.nn.Module:
+    """smp.Unet whose decoder upsamples by nearest-neighbour resize + convolution (no transposed convs);
+    `decoder`: the blocks' widths as stored in a model folder, else from `decoder_width`."""
     check_encoder(encoder)
-    decoder = decoder_channels(decoder_width)
+    decoder = tuple(decoder) if decoder else decoder_channels(decoder_width)
     weights = None if encoder_weights in (None, "none", "None") else encoder_weights
     try:
         with warnings.catch_warnings():

@@ -42,8 +42,8 @@ class TrainOptions:
                           "job array; a fold's run.yaml has it); 0: every fold.")
     encoder: str = option("resnet34", "Any smp encoder, e.g. resnet18, resnet34, efficientnet-b0.")
     encoder_weights: str = option("none", "none (offline, random init) or e.g. imagenet (downloads).")
-    decoder_width: int = option(256, "Channels of the first decoder block, halved at each of the next four (128: a "
-                                     "smaller, faster decoder).")
+    decoder_width: int = option(256, "Channels of the first decoder block, halved at each of the next four, no "
+                                     "fewer than 16 (128: a smaller, faster decoder).")
     classes: int | None = option(None, "Number of classes, or auto (from the masks).")
     mask_mode: str = option("auto", "auto | binary | index | palette | rgb | instances (object ids).")
     ignore_index: int | None = option(None, "Mask value to leave out of loss and metrics.")

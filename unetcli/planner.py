@@ -66,8 +66,8 @@ class Candidate:
 
 
 # largest first; resnet34 only where more crops stop paying, resnet18 / 256 once the run is past its first few
-# passes (the 128-wide decoder lost the thinnest class in 2 of 3 seeds on the RGB benchmark), the smallest else,
-# with 6x the usual peak learning rate (better on membrane at 2 and 5 min; resnet18 / 256 was worse with 4x on RGB)
+# passes (the 128-wide decoder gained nothing on membrane at 10 min), the smallest else, with 6x the usual peak
+# learning rate (better on membrane at 2 and 5 min; resnet18 / 256 was worse with 4x on RGB)
 CANDIDATES = (Candidate("resnet34", 256, ENOUGH_CROPS), Candidate("resnet18", 256, FEW_CROPS),
               Candidate("resnet18", 128, 0, lr=6e-3))
 SMALLEST = CANDIDATES[-1]

@@ -319,7 +319,7 @@ def _model_and_optimiser(options: TrainOptions, data: TrainingData, eval_pipelin
 
     class_map, scan, device = data.scan.class_map, data.scan, dist.device
     model = build_model(options.encoder, scan.in_channels, output_channels(class_map.num_classes, class_map.is_binary),
-                        options.encoder_weights, decoder_width=options.decoder_width)
+                        options.encoder_weights, decoder_width=options.decoder_width, decoder=_resumed_decoder(options))
     predictor = Predictor(model, class_map, eval_pipeline, in_channels=scan.in_channels, device=device, precision=precision)
     loss_fn = SegmentationLoss(class_map.is_binary, IGNORE_ID, options.loss,
                                parse_class_weights(options.class_weights, scan.class_pixels)).to(device)
@@ -346,6 +346,16 @@ def _loader(options: TrainOptions, dataset, train_pipeline, *, dist: Distributed
         worker_init_fn=lambda worker: train_pipeline.set_random_seed(options.seed * 1000 + worker + 100 * dist.rank),
     )
     return sampler, generator, loader
+
+
+def _resumed_decoder(options: TrainOptions) -> tuple[int, ...] | None:
+    """The decoder widths model-last/ was built with, on --resume: a run begun by an earlier unetcli (whose
+    128-wide decoder ended with 8 channels) resumes as it began."""
+    from .checkpoint import read_config
+
+    if not options.resume:
+        return None
+    return read_config(Path(options.out) / "model-last")[1].get("decoder_channels")
 
 
 def _resume(options: TrainOptions, model, optimizer, *, scaler, class_map: ClassMap) -> Progress:
