@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -222,6 +223,9 @@ def test_unetcli_plan_measures_a_real_step_and_cuts_the_batch_to_fit(planner_dat
     # 32 MB for a step: no real model's step fits, so the batch is halved to 1 and the plan says to lower the crop
     assert plan["choices"]["batch_size"] == 1, plan["reasons"]
     assert "8 needed" in plan["reasons"]["batch_size"] and "even 1 needs" in plan["reasons"]["batch_size"]
+    # resnet18's weights, gradients and two AdamW moments alone are about 180 MB: a probe that reuses memory
+    # an earlier one left (no malloc_trim) read 81-124 MB here
+    assert float(re.search(r"even 1 needs ([0-9.]+) MB", plan["reasons"]["batch_size"]).group(1)) >= 150
 
 
 def test_a_budget_too_short_to_plan_is_refused():
