@@ -2,8 +2,8 @@
 ends with 8 channels at full resolution (128 halved four times, as before the floor), with 16 (the floor,
 model.decoder_channels) and smp's 256-wide decoder, side by side in one process, alternating, `--rounds` times.
 
-RGB input, 4 classes, 8 crops of 256 px: the RGB planner benchmark's shape. Prints one line per case and round
-and writes a JSON.
+RGB input, 4 classes, 8 crops of 256 px (the RGB planner benchmark's shape), timed with the planner's probe step.
+Prints one line per case and round and writes a JSON.
 
     python benchmarks/bench_decoder_end.py                  # this CPU at the precision auto picks
     python benchmarks/bench_decoder_end.py --isa avx2       # fp32 with oneDNN limited to AVX2 (a laptop stand-in)
@@ -29,31 +29,17 @@ DECODERS = {"128 ending in 8": (128, 64, 32, 16, 8), "128 ending in 16": (128, 6
 
 
 def crops_per_second(decoder: tuple[int, ...], *, steps: int, crop: int = 256, batch: int = 8) -> float:
+    """The planner's own probe step (planner.training_rate) with the decoder's widths given."""
     import torch
 
     from unetcli.model import build_model
+    from unetcli.planner import training_rate
     from unetcli.runtime import pick_precision
 
     device = torch.device("cpu")
-    precision = pick_precision("auto", device)
     torch.manual_seed(0)
-    model = build_model("resnet18", 3, 4, decoder=decoder).to(memory_format=torch.channels_last).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 3, crop, crop).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 4, (batch, crop, crop))
-
-    def step():
-        with precision.autocast(device):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch / (time.perf_counter() - start)
+    return training_rate(build_model("resnet18", 3, 4, decoder=decoder), crop=crop, batch=batch, channels=3,
+                         out_channels=4, device=device, precision=pick_precision("auto", device), steps=steps)
 
 
 def main() -> int:

@@ -137,24 +137,26 @@ def time_steps(candidate: Candidate, *, crop: int, batch: int, channels: int, ou
     """Crops per second of `steps` timed training steps (after one untimed) of `candidate` on this device, and
     the memory they took. Timed at the planned batch: on CPU, batches of 2 ran up to 1.7x slower per crop than
     batches of 8 at 160-px crops."""
-    from .runtime import PeakMemory
-
-    with PeakMemory(device) as memory:
-        rate = _timed_steps(candidate, crop=crop, batch=batch, channels=channels, out_channels=out_channels,
-                            device=device, precision=precision, steps=steps)
-    return Probe(rate, memory.peak)
-
-
-def _timed_steps(candidate: Candidate, *, crop: int, batch: int, channels: int, out_channels: int, device,
-                 precision, steps: int) -> float:
     import torch
 
     from .model import build_model
+    from .runtime import PeakMemory
 
-    torch.manual_seed(0)
-    model = build_model(candidate.encoder, channels, out_channels, decoder_width=candidate.decoder_width).to(device)
+    with PeakMemory(device) as memory:
+        torch.manual_seed(0)
+        model = build_model(candidate.encoder, channels, out_channels, decoder_width=candidate.decoder_width)
+        rate = training_rate(model, crop=crop, batch=batch, channels=channels, out_channels=out_channels,
+                             device=device, precision=precision, steps=steps)
+    return Probe(rate, memory.peak)
+
+
+def training_rate(model, *, crop: int, batch: int, channels: int, out_channels: int, device, precision,
+                  steps: int) -> float:
+    """Crops per second of `steps` timed AdamW training steps of `model` (after one untimed) on random crops."""
+    import torch
+
     memory_format = torch.channels_last if precision.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format).train()
+    model = model.to(device).to(memory_format=memory_format).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, channels, crop, crop, device=device).contiguous(memory_format=memory_format)
     y = torch.rand(batch, out_channels, crop, crop, device=device)
