@@ -190,6 +190,21 @@ def test_time_limit_cuts_an_epoch_longer_than_the_limit(binary_data, tmp_path):
     load_model_folder(run / "model-best")
 
 
+def test_time_limit_warm_up_starts_at_the_first_step(binary_data, tmp_path, monkeypatch):
+    """The learning rate follows the clock under --time-limit; its warm-up (the first 3 %) must count from the
+    first step, not from the command's start: here reading the data and planning "took" 100 s of 1000 (the
+    clock is started 100 s early), and the first step must still run at a warm-up rate, not near the peak."""
+    from unetcli import training
+    from unetcli.session import Clock
+
+    monkeypatch.setattr(training, "Clock", lambda start, *args, **kwargs: Clock(start - 100, *args, **kwargs))
+    run = tmp_path / "run"
+    ok(cli("train", binary_data, "-o", run, *TINY, "--samples-per-epoch", "4", "--epochs", "2", "--lr", "1e-3",
+           "--time-limit", "1000s", "--json"))
+    first_step_lr = float(history(run)[0]["lr"])  # epoch 1 is one step of 4 crops
+    assert first_step_lr < 0.5e-3, f"the first step ran at {first_step_lr:g}: the warm-up was spent before it"
+
+
 def test_patience_stops_early_with_a_clean_save(binary_data, tmp_path):
     """--min-delta 1: no Dice can improve by 1, so only epoch 1 is best and patience 2 stops after epoch 3."""
     run = tmp_path / "run"

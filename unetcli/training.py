@@ -230,7 +230,7 @@ def _set_learning_rate(session: TrainingSession, total_steps: int) -> float:
     options = session.options
     fraction = session.progress.step / max(total_steps, 1)
     if options.time_limit:
-        fraction = max(fraction, (time.monotonic() - session.clock.start) / options.time_limit)
+        fraction = max(fraction, session.clock.training_fraction(options.time_limit, time.monotonic()))
     lr = _learning_rate(options.lr, fraction)
     for group in session.optimizer.param_groups:
         group["lr"] = lr
