@@ -30,8 +30,9 @@ def run(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("export-model")
     data = make_dataset(root / "data", count=6)
-    ok(cli("train", data, "-o", root / "run", "--encoder", "resnet18", "--crop", "64", "--epochs", "1",
-           "--samples-per-epoch", "8", "--batch-size", "4", "--seed", "0", "--quiet"))
+    ok(cli("train", data, "-o", root / "run", "--encoder", "resnet18", "--decoder-width", "128", "--crop", "64",
+           "--epochs", "1", "--samples-per-epoch", "8", "--batch-size", "4", "--lr", "6e-3", "--augment", "light",
+           "--seed", "0", "--no-plan", "--quiet"))
     return root / "run"
 
 

@@ -141,7 +141,7 @@ def test_training_data_file_vanishes_mid_run(trained, tmp_path):
     data = shutil.copytree(trained.data, tmp_path / "data")
     run = tmp_path / "run"
     process = unetcli("train", data, "-o", run, "--encoder", "resnet18", "--crop", "32", "--samples-per-epoch", "8",
-                      "--batch-size", "4", "--epochs", "4", "--json")
+                      "--batch-size", "4", "--epochs", "4", "--no-plan", "--json")
     try:
         wait_for(lambda: (run / "model-last" / "unetcli.json").exists(), 240, "model-last/", process)
         (data / "images" / "sample_3.png").unlink()

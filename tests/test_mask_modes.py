@@ -22,8 +22,8 @@ from PIL import Image
 PALETTE = [0, 0, 0, 230, 25, 75, 60, 180, 75, 0, 130, 200]  # indices 0..3
 COLOURS = [(0, 0, 0), (255, 0, 0), (0, 0, 255)]
 # quick but enough for the brightness-coded classes to be learnt (all classes predicted)
-MULTI_TRAIN = ("--encoder", "resnet18", "--crop", "64", "--epochs", "4", "--samples-per-epoch", "32",
-               "--batch-size", "4", "--seed", "0", "--quiet")
+MULTI_TRAIN = ("--encoder", "resnet18", "--decoder-width", "128", "--crop", "64", "--epochs", "4", "--samples-per-epoch",
+               "32", "--batch-size", "4", "--lr", "6e-3", "--augment", "light", "--seed", "0", "--no-plan", "--quiet")
 
 
 def as_colours(ids: np.ndarray) -> np.ndarray:
