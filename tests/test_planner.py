@@ -18,7 +18,7 @@ from helpers import cli, ok, user_error, write_binary_dataset
 from unetcli.errors import UsageError
 from unetcli.fingerprint import Fingerprint, typical_object_diameter
 from unetcli.options import TrainOptions
-from unetcli.planner import CANDIDATES, ENOUGH_CROPS, FEW_CROPS, Probe, make_plan, plan_batch, plan_crop
+from unetcli.planner import CANDIDATES, ENOUGH_CROPS, WIDE_DECODER_CROPS, Probe, make_plan, plan_batch, plan_crop
 from unetcli.runtime import PeakMemory, pick_precision
 
 
@@ -94,9 +94,11 @@ def test_a_slow_device_gets_the_fastest_model_and_a_fast_one_the_largest():
 
 
 def test_between_few_and_enough_crops_the_middle_model_with_the_wider_decoder():
-    middle = plan_for(TrainOptions(time_limit=120.0), FAST)  # about 2000 crops of resnet18 / 256 in 2 minutes
+    middle = plan_for(TrainOptions(time_limit=180.0), FAST)  # about 3000 crops of resnet18 / 256 in 3 minutes
     assert (middle.choices["encoder"], middle.choices["decoder_width"]) == ("resnet18", 256)
-    assert f"it needs {FEW_CROPS} of 256 px" in middle.reasons["encoder"] and middle.choices["lr"] == TrainOptions().lr
+    assert f"it needs {WIDE_DECODER_CROPS} of 256 px" in middle.reasons["encoder"] and middle.choices["lr"] == TrainOptions().lr
+    # 2 minutes there: about 2000 crops, under the line, so the narrow decoder
+    assert plan_for(TrainOptions(time_limit=120.0), FAST).choices["decoder_width"] == 128
 
 
 @pytest.mark.parametrize("budget", [120.0, 600.0, 3600.0])
