@@ -155,6 +155,20 @@ def write_binary_dataset(folder: Path, count: int = 6, size: tuple[int, int] = (
 # ------------------------------------------------------------------------------------ tiled against whole
 
 
+def mosaic(images: list[np.ndarray], height: int, width: int) -> np.ndarray:
+    """Tile the images into one (height, width) image, every other one mirrored so that edges continue."""
+    h, w = images[0].shape[:2]
+    rows, k = [], 0
+    for r in range(-(-height // h)):
+        row = []
+        for c in range(-(-width // w)):
+            block = images[k % len(images)]
+            k += 1
+            row.append(block[::-1 if r % 2 else 1, ::-1 if c % 2 else 1])
+        rows.append(np.concatenate(row, axis=1))
+    return np.ascontiguousarray(np.concatenate(rows, axis=0)[:height, :width])
+
+
 def predict_one(model: Path, image: Path, out: Path, *options) -> np.ndarray:
     ok(cli("predict", model, image, "-o", out, "--quiet", *options))
     return read_values(out / f"{image.stem}.png")

@@ -1,5 +1,5 @@
 """Prediction at any size: odd image sizes through `unetcli predict`, tiled against whole-image prediction
-(synthetic mosaic and, when present, the ISBI 2012 membrane data), and `--compile`."""
+(a synthetic mosaic; the membrane one is in test_membrane.py), and `--compile`."""
 
 from __future__ import annotations
 
@@ -7,27 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import MEMBRANE, agreement, check_tiled_against_whole, cli, ok, predict_one, predict_with_probs, read_values, write_image
+from helpers import agreement, check_tiled_against_whole, cli, mosaic, ok, predict_one, predict_with_probs, read_values, write_image
 
 from unetcli.demo import make_sample
 from unetcli.images import read_image
 
 # width x height, as image sizes are usually written: camera frames, a 4:3 photo, odd and tiny ones
 ODD_SIZES = [(347, 260), (1388, 1040), (480, 360), (1, 1), (33, 31)]
-
-
-def mosaic(images: list[np.ndarray], height: int, width: int) -> np.ndarray:
-    """Tile the images into one (height, width) image, every other one mirrored so that edges continue."""
-    h, w = images[0].shape[:2]
-    rows, k = [], 0
-    for r in range(-(-height // h)):
-        row = []
-        for c in range(-(-width // w)):
-            block = images[k % len(images)]
-            k += 1
-            row.append(block[::-1 if r % 2 else 1, ::-1 if c % 2 else 1])
-        rows.append(np.concatenate(row, axis=1))
-    return np.ascontiguousarray(np.concatenate(rows, axis=0)[:height, :width])
 
 
 # ---------------------------------------------------------------------------------------------- odd sizes
@@ -100,27 +86,6 @@ def test_tiled_and_whole_prediction_agree(confident, binary_data, tmp_path):
     assert whole[0].shape == (1024, 1024) and 0.05 < np.mean(whole[0] == 255) < 0.95  # not trivially uniform
     np.testing.assert_array_equal(default, whole[0])
     assert check_tiled_against_whole(whole, tiled, 512) >= 0.999
-
-
-@pytest.mark.membrane
-def test_tiled_and_whole_agree_on_the_membrane_data(membrane_run, tmp_path):
-    """conftest's `membrane_run` model (slices 0-24; skipped where the data is absent); a 1024x1024 mosaic of four
-    test slices, predicted whole and in 512-pixel tiles (fp32; three tiles per axis, spread evenly, so they
-    overlap by half). The same two parts as on the synthetic mosaic: probabilities within one 16-bit step where
-    every covering tile holds a pixel's receptive field, and an overall bound. Thin membranes leave many pixels
-    near the threshold: measured 99.93-99.95 % (seeds 0 and 2, trained at default precision on AVX-512 and on
-    AVX2), so the 99.8 % bound leaves three times the worst disagreement. (A barely trained model, four slices
-    for a few seconds, gave 99.86 %; 128-pixel crops 99.87-99.95 %.) A resnet34 trained for 10 minutes
-    (bench_predict.py's tiling part) agrees on 99.96 % of a 2048x2048 mosaic with the default tiles. A
-    misplaced tile gives 97 % (32 px off) to 99.5 % (4 px off) on the synthetic mosaic, and fails the exact part
-    wherever it covers the corners."""
-    slices = [read_image(MEMBRANE / "test" / "images" / f"{i}.png") for i in range(4)]
-    path = write_image(tmp_path / "membrane_mosaic.png", mosaic(slices, 1024, 1024)[:, :, 0])
-    model = membrane_run / "model-last"
-    whole = predict_with_probs(model, path, tmp_path / "whole", "--tile", "off", "--precision", "fp32")
-    tiled = predict_with_probs(model, path, tmp_path / "tiled", "--tile", "512", "--precision", "fp32")
-    measured = check_tiled_against_whole(whole, tiled, 512)
-    assert measured >= 0.998, measured
 
 
 # ------------------------------------------------------------------------------------------------ --compile
