@@ -14,9 +14,10 @@ os.environ["NO_COLOR"] = "1"
 for _name in ("FORCE_COLOR", "PY_COLORS", "GITHUB_ACTIONS"):
     os.environ.pop(_name, None)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# One torch thread unless the caller says otherwise (OMP_NUM_THREADS=2 python -m pytest ...). On an idle
-# 2-core machine this makes the suite about 1.6x slower (3.5 instead of 2.1 minutes), but while anything else
-# runs (a benchmark, a second test run) two spinning OpenMP threads per process make training 5-15x slower.
+# One torch thread per process unless the caller says otherwise (OMP_NUM_THREADS=2 python -m pytest ...): the
+# suite runs one pytest-xdist worker per core (pyproject.toml), and two spinning OpenMP threads per process on a
+# busy machine made training 5-15x slower. In one process the suite kept 1.04 of 2 cores busy on average; two
+# workers took it from 12.3 to 6.3 minutes (AVX-512 with bf16, membrane tests included).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import inspect
