@@ -49,10 +49,9 @@ def test_tiled_and_whole_agree_on_the_membrane_data(membrane_run, tmp_path):
     near the threshold: measured 99.965-99.971 % (seeds 0 and 2, trained at default precision on AVX-512 and in
     the AVX2 stand-in; the 256-wide decoder of before 99.93-99.95 %), so the 99.8 % bound leaves about six times
     the worst disagreement. (A barely trained model, four slices for a few seconds, gave 99.86 %; 128-pixel crops
-    99.87-99.95 %.) A resnet34 trained for 10 minutes
-    (bench_predict.py's tiling part) agrees on 99.96 % of a 2048x2048 mosaic with the default tiles. A
-    misplaced tile gives 97 % (32 px off) to 99.5 % (4 px off) on the synthetic mosaic, and fails the exact part
-    wherever it covers the corners."""
+    99.87-99.95 %.) A resnet34 trained for 10 minutes (bench_predict.py's tiling part) agrees on 99.96 % of a
+    2048x2048 mosaic with the default tiles. A misplaced tile gives 97 % (32 px off) to 99.5 % (4 px off) on the
+    synthetic mosaic, and fails the exact part wherever it covers the corners."""
     slices = [read_image(MEMBRANE / "test" / "images" / f"{i}.png") for i in range(4)]
     path = write_image(tmp_path / "membrane_mosaic.png", mosaic(slices, 1024, 1024)[:, :, 0])
     model = membrane_run / "model-last"
