@@ -130,8 +130,8 @@ def independent_dice(model_dir: Path, test_dir: Path, pred_dir: Path) -> dict:
             "dice_value_0": round(2 * inter[0] / sums[0], 6), "dice_value_255": round(2 * inter[255] / sums[255], 6)}
 
 
-def evaluate(model_dir: Path, data: Path) -> tuple[dict, float]:
-    result, seconds = run_cli(["evaluate", model_dir, data, "--json"])
+def evaluate(model_dir: Path, data: Path, *options: str) -> tuple[dict, float]:
+    result, seconds = run_cli(["evaluate", model_dir, data, "--json", *options])
     check(result, "unetcli evaluate")
     return json.loads(result.stdout), seconds
 

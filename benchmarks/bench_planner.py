@@ -1,7 +1,8 @@
 """Time to quality on the membrane split: the planner against today's fixed defaults at the same budgets.
 
 For each budget and seed, `unetcli train` on slices 0-24 with `--time-limit` (planned, and with `--no-plan`, the
-fixed defaults of before the planner), then `unetcli evaluate` of model-last on slices 25-29. The two
+fixed defaults of before the planner), then `unetcli evaluate` of model-last on slices 25-29, as it is and with
+`--tta` (the four flipped views averaged: an inference choice, reported beside the plain score). The two
 configurations of one budget and seed run back to back, so load on the machine hits both alike. Prints one
 line per run and writes a JSON of every figure plus a picture of pixel error against budget.
 
@@ -84,10 +85,12 @@ def train_and_score(train_dir: Path, test_dir: Path, run_dir: Path, *, minutes: 
     plan = next((e for e in events if e.get("event") == "plan"), None)
     epochs = [e for e in events if e.get("event") == "epoch"]
     summary, _ = evaluate(run_dir / "model-last", test_dir)
+    flipped, _ = evaluate(run_dir / "model-last", test_dir, "--tta")
     run_yaml = (run_dir / "run.yaml").read_text()
     return {"config": config, "minutes": minutes, "seed": seed, "train_wall_s": round(wall, 1),
             "epochs_done": len(epochs), "pixel_error": summary["pixel_error"], "mean_dice": summary["mean_dice"],
             "class_dice": {name: c.get("dice") for name, c in summary["classes"].items()},
+            "tta": {"pixel_error": flipped["pixel_error"], "mean_dice": flipped["mean_dice"]},
             "plan": plan and {"choices": plan["choices"], "throughput": plan["throughput"],
                               "expected_seconds": plan["expected_seconds"]},
             "options": {k: v for k, v in (line.split(": ", 1) for line in run_yaml.splitlines() if ": " in line)
@@ -211,7 +214,7 @@ def main() -> int:
                                       extra=extra, env=env)
                 runs.append(row)
                 log(f"{minutes:g} min seed {seed} {config:8s}: pixel error {row['pixel_error']:.4f}, mean Dice "
-                    f"{row['mean_dice']:.4f}, {row['epochs_done']} epochs in {row['train_wall_s']:.0f} s, {row['options']}")
+                    f"{row['mean_dice']:.4f} (--tta {row['tta']['pixel_error']:.4f}), {row['epochs_done']} epochs in {row['train_wall_s']:.0f} s, {row['options']}")
     result = {"command": "python benchmarks/bench_planner.py " + " ".join(sys.argv[1:]), **where_it_ran(args.isa),
               "machine": machine_facts(), "load_start": start, "load_end": load_snapshot(),
               "when": time.strftime("%Y-%m-%d"), "dataset": args.dataset,
