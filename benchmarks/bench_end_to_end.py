@@ -54,7 +54,7 @@ def cli_command() -> list[str]:
 def run_cli(args: list[str], timeout: float | None = None, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
     command = cli_command() + [str(a) for a in args]
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
     return result, time.perf_counter() - start
 
 
@@ -66,7 +66,7 @@ def check(result: subprocess.CompletedProcess, what: str) -> None:
 
 def uptime() -> str:
     try:
-        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
     except OSError:
         return "load average: " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -152,7 +152,7 @@ def bench_demo(workdir: Path) -> dict:
     output = result.stdout + result.stderr
     match = re.search(r"foreground Dice\s+([0-9.]+|-)\s+on\s+(\d+) held-out", output)
     reported = float(match.group(1)) if match and match.group(1) != "-" else None
-    epochs = len(re.findall(r"^epoch \d+/\d+", result.stderr, re.M))
+    epochs = len(re.findall(r"^epoch \d+/\d+", result.stderr, re.MULTILINE))
     summary, eval_s = evaluate(folder / "run" / "model-best", folder / "held-out")
     fg = summary["classes"].get("foreground", {})
     return {
@@ -259,7 +259,7 @@ def main() -> int:
                 log(f"  wall {d['wall_s']:.1f} s, {d['epochs']} epochs; foreground Dice {d['foreground_dice']} "
                     f"(demo printed {d['foreground_dice_reported_by_demo']}) on {d['held_out_images']} held-out images; "
                     f"pixel error {d['pixel_error']}")
-            except Exception as err:  # keep going: report what fails
+            except Exception as err:  # noqa: BLE001 - keep going: report what fails
                 errors.append(f"demo: {err}")
                 log(f"  FAILED: {err}")
 
@@ -313,7 +313,7 @@ def run_membrane(train_dir: Path, test_dir: Path, workdir: Path, minutes: float,
         x = r["cross_check_predict_numpy"]
         log(f"  cross-check (unetcli predict + numpy): pixel error {x['pixel_error']}, Dice value 0 "
             f"{x['dice_value_0']}, value 255 {x['dice_value_255']}")
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - keep going: report what fails
         errors.append(f"membrane {augment} {minutes:g} min: {err}")
         log(f"  FAILED: {err}")
 

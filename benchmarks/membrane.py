@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 MEMBRANE = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "membrane"
-TRAIN_SLICES = range(0, 25)  # training never sees TEST_SLICES
+TRAIN_SLICES = range(25)  # training never sees TEST_SLICES
 TEST_SLICES = range(25, 30)
 
 

@@ -118,8 +118,8 @@ def test_two_shards_into_one_folder_at_once(trained, tmp_path):
     assert shards[0].returncode == 0, err1
     assert err1 == ""
     assert shards[1].returncode == 5, err2  # one input failed, the others were written
-    assert err2.splitlines() == [f"error: {damaged}: not an image that can be decoded (truncated, corrupt or not an "
-                                 "image at all); re-export it as PNG or TIFF"]  # and no 'libpng error' line
+    assert err2.splitlines() == [(f"error: {damaged}: not an image that can be decoded (truncated, corrupt or not an "
+                                  "image at all); re-export it as PNG or TIFF")]  # and no 'libpng error' line
     records = json_lines(out1) + json_lines(out2)
     assert sorted(r["input"] for r in records) == sorted(map(str, inputs))  # each input in exactly one shard
     assert sum(r["status"] == "error" for r in records) == 1

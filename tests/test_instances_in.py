@@ -8,8 +8,7 @@ import json
 import numpy as np
 import pytest
 import tifffile
-from helpers import (TINY_TRAIN, cli, ok, read_values, touching_discs, user_error, write_image, write_label_dataset,
-                     write_multiclass_dataset)
+from helpers import TINY_TRAIN, cli, ok, read_values, touching_discs, user_error, write_image, write_label_dataset, write_multiclass_dataset
 
 from unetcli.images import read_mask
 from unetcli.instance_masks import object_classes

@@ -111,7 +111,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(trained, tmp_path,
 @pytest.mark.slow  # torch.compile on CPU: about 75 s here with a cold inductor cache
 def test_compile_gives_the_same_masks(confident, binary_data, tmp_path):
     """Default precision (bf16 autocast where the CPU has it): compiled kernels may round differently."""
-    image = sorted((binary_data / "images").iterdir())[0]
+    image = min((binary_data / "images").iterdir())
     eager = predict_one(confident, image, tmp_path / "eager")
     result = ok(cli("predict", confident, image, "-o", tmp_path / "compiled", "--compile"))
     assert "--compile failed" not in result.stderr, result.stderr

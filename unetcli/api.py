@@ -14,8 +14,8 @@ channels in RGB order, any size (large ones are predicted in overlapping tiles, 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -29,7 +29,7 @@ class Model:
         self.predictor = predictor
 
     @classmethod
-    def load(cls, path: str | Path, **options) -> "Model":
+    def load(cls, path: str | Path, **options) -> Model:
         """`options`: device, precision, tile, overlap, tta, threshold, batch_size (as predict's flags)."""
         from .checkpoint import resolve_model_dir
         from .predictor import Predictor

@@ -9,7 +9,6 @@ import torch
 
 from .errors import UnetcliError, UsageError
 
-
 LOSS_PARTS = ("dice", "ce", "focal")
 
 

@@ -13,8 +13,8 @@ image width, not with its area (the caller keeps what it needs of finished rows:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

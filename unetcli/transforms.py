@@ -87,7 +87,7 @@ def _augmentations(augment: str) -> list:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             loaded = A.load(str(path), data_format=fmt)
-    except Exception as err:  # albumentations raises many kinds for a bad file
+    except Exception as err:  # noqa: BLE001 - albumentations raises many kinds for a bad file
         raise UsageError(f"{path}: not an Albumentations pipeline file ({err}); write one with A.save()") from None
     return [loaded]
 
