@@ -3,9 +3,10 @@
 A few explicit rules over a small table of candidates, not a search (docs/decisions.md says what each rests on):
 - crop: about three typical objects across (median connected-component diameter of the non-background
   classes), 128..512 pixels, no larger than the images;
-- model: timed on this device (training steps at the planned crop, batch and the precision `auto` picks), from
-  the smallest candidate up; the largest that trains on at least its own minimum of crops within the budget
-  and whose step fits in memory (the smallest has no minimum, so it is the fallback);
+- model: timed on this device (training steps at the planned crop, batch and the precision `auto` picks: the
+  fastest of PROBE_STEPS after a warm-up), from the smallest candidate up; the largest that trains on at least its
+  own minimum of crops within the budget and whose step fits in memory (the smallest has no minimum, so it is the
+  fallback). A larger candidate is not timed when even the smaller one's rate would leave it short of its minimum;
 - batch: 8 crops of 256 px, or about as many pixels in fewer, larger crops (no fewer than 2); fewer when a step
   would need more than half of the memory free when planning (measured by the smallest candidate's probe); on a
   GPU more, doubled while a step still fits and each doubling trains at least GROWTH_GAIN x the crops per second
@@ -46,6 +47,7 @@ PIXELS_PER_STEP = 8 * 256 * 256  # the batch every rule here was measured with: 
 STEP_MEMORY_SHARE = 0.5  # of the memory free when planning, at most this for a training step (the rest: data, OS)
 GROWTH_GAIN = 1.5  # on a GPU the batch doubles while crops/s rises at least this much with it (steps/s >= 0.75x)
 MAX_BATCH = 64
+PROBE_STEPS = 3  # timed steps per candidate (after one warm-up); the fastest one counts (docs/decisions.md)
 PLANNED = ("encoder", "decoder_width", "crop", "batch_size", "samples_per_epoch", "epochs", "augment", "lr")
 
 
@@ -134,10 +136,10 @@ class Probe:
 
 
 def time_steps(candidate: Candidate, *, crop: int, batch: int, channels: int, out_channels: int, device,
-               precision, steps: int = 1) -> Probe:
-    """Crops per second of `steps` timed training steps (after one untimed) of `candidate` on this device, and
-    the memory they took. Timed at the planned batch: on CPU, batches of 2 ran up to 1.7x slower per crop than
-    batches of 8 at 160-px crops."""
+               precision, steps: int = PROBE_STEPS) -> Probe:
+    """Crops per second of the fastest of `steps` timed training steps (after one untimed) of `candidate` on this
+    device, and the memory they took. Timed at the planned batch: on CPU, batches of 2 ran up to 1.7x slower per
+    crop than batches of 8 at 160-px crops."""
     import torch
 
     from .model import build_model
@@ -153,7 +155,9 @@ def time_steps(candidate: Candidate, *, crop: int, batch: int, channels: int, ou
 
 def training_rate(model, *, crop: int, batch: int, channels: int, out_channels: int, device, precision,
                   steps: int) -> float:
-    """Crops per second of `steps` timed AdamW training steps of `model` (after one untimed) on random crops."""
+    """Crops per second of the fastest of `steps` timed AdamW training steps of `model` (after one untimed) on
+    random crops. The fastest, not the mean: the first steps of a fresh model run slower while the kernels and the
+    allocator warm up, and a moment of load elsewhere on the machine only ever slows a step down."""
     import torch
 
     memory_format = torch.channels_last if precision.channels_last else torch.contiguous_format
@@ -169,15 +173,15 @@ def training_rate(model, *, crop: int, batch: int, channels: int, out_channels: 
         loss.backward()
         optimizer.step()
 
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
+    def timed() -> float:
+        start = time.perf_counter()
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - start)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    timed()
+    return batch / min(timed() for _ in range(steps))
 
 
 def _candidates(options: TrainOptions) -> list[Candidate]:
@@ -255,11 +259,14 @@ class Probed:
 def _probe_models(fp: Fingerprint, options: TrainOptions, measure, *, crop: int, batch: int, budget: float,
                   started: float, free: int, grow: bool = False) -> Probed:
     """Time the candidates from the smallest up, stopping at the first short of its minimum of crops (a larger one
-    would be slower still and need more) or too large for memory; the smallest's probe also fits the batch (and
-    with `grow`, on a GPU, grows it)."""
+    would be slower still and need more), or too large for memory, or short of its minimum even at the rate of
+    the one before it (a larger model is never faster: no need to time it); the smallest's probe also fits the
+    batch (and with `grow`, on a GPU, grows it)."""
     memory = STEP_MEMORY_SHARE * free
     probed = Probed({}, {}, batch)
     for candidate in reversed(_candidates(options)):
+        if probed.rates and not _could_be_enough(candidate, probed, fp, options, crop=crop, budget=budget, started=started):
+            break
         if probed.rates or "batch_size" in options.set_by_user:
             probe = measure(candidate, probed.batch)
         else:
@@ -275,6 +282,14 @@ def _probe_models(fp: Fingerprint, options: TrainOptions, measure, *, crop: int,
         if not enough(candidate, probed.schedules[candidate], crop):
             break
     return probed
+
+
+def _could_be_enough(candidate: Candidate, probed: Probed, fp: Fingerprint, options: TrainOptions, *, crop: int,
+                     budget: float, started: float) -> bool:
+    """Whether `candidate` would meet its minimum of crops were it as fast as the last (smaller) model timed."""
+    left = budget - (time.monotonic() - started)
+    upper = schedule(fp, options, rate=list(probed.rates.values())[-1], crop=crop, batch=probed.batch, budget=left)
+    return enough(candidate, upper, crop)
 
 
 def _over_memory(probe: Probe, free: int) -> str:
@@ -327,9 +342,9 @@ def make_plan(fp: Fingerprint, options: TrainOptions, *, device, precision, out_
     crop, crop_reason = (options.crop, "set by you") if "crop" in fixed else plan_crop(fp)
     batch, batch_reason = (options.batch_size, "set by you") if "batch_size" in fixed else plan_batch(crop)
 
-    def measure(candidate: Candidate, batch_: int) -> Probe:  # a GPU step takes milliseconds: time a few
+    def measure(candidate: Candidate, batch_: int) -> Probe:
         return timer(candidate, crop=crop, batch=batch_, channels=fp.channels, out_channels=out_channels,
-                     device=device, precision=precision, steps=3 if device.type == "cuda" else 1)
+                     device=device, precision=precision)
 
     probed = _probe_models(fp, options, measure, crop=crop, batch=batch, budget=budget, started=started,
                            free=free_memory(device), grow=device.type == "cuda")
