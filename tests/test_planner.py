@@ -18,8 +18,7 @@ from helpers import cli, ok, user_error, write_binary_dataset
 from unetcli.errors import UsageError
 from unetcli.fingerprint import Fingerprint, typical_object_diameter
 from unetcli.options import TrainOptions
-from unetcli.planner import (CANDIDATES, ENOUGH_CROPS, WIDE_DECODER_CROPS, Probe, make_plan, plan_batch, plan_crop,
-                             training_rate)
+from unetcli.planner import CANDIDATES, ENOUGH_CROPS, WIDE_DECODER_CROPS, Probe, make_plan, plan_batch, plan_crop, training_rate
 from unetcli.runtime import PeakMemory, pick_precision
 
 
