@@ -265,8 +265,8 @@ def _probe_models(fp: Fingerprint, options: TrainOptions, measure, *, crop: int,
     memory = STEP_MEMORY_SHARE * free
     probed = Probed({}, {}, batch)
     for candidate in reversed(_candidates(options)):
-        if probed.rates and not _could_be_enough(candidate, probed, fp, options, crop=crop, budget=budget, started=started):
-            break
+        if probed.schedules and not enough(candidate, list(probed.schedules.values())[-1], crop):
+            break  # short of its minimum even at the smaller one's rate: a larger model is never faster
         if probed.rates or "batch_size" in options.set_by_user:
             probe = measure(candidate, probed.batch)
         else:
@@ -282,14 +282,6 @@ def _probe_models(fp: Fingerprint, options: TrainOptions, measure, *, crop: int,
         if not enough(candidate, probed.schedules[candidate], crop):
             break
     return probed
-
-
-def _could_be_enough(candidate: Candidate, probed: Probed, fp: Fingerprint, options: TrainOptions, *, crop: int,
-                     budget: float, started: float) -> bool:
-    """Whether `candidate` would meet its minimum of crops were it as fast as the last (smaller) model timed."""
-    left = budget - (time.monotonic() - started)
-    upper = schedule(fp, options, rate=list(probed.rates.values())[-1], crop=crop, batch=probed.batch, budget=left)
-    return enough(candidate, upper, crop)
 
 
 def _over_memory(probe: Probe, free: int) -> str:
