@@ -1,9 +1,10 @@
 """The planner's batch rule: what a training step of each candidate costs in time and memory at the crop and batch
 sizes it plans (8 crops of 256 px, or about the same pixels in fewer, larger crops) and at 8 large crops.
 
-Each figure is the planner's own probe (planner.time_steps: one untimed step, then `--steps` timed ones, the peak
-memory as PeakMemory measures it), run in a fresh process so that no earlier allocation hides a peak. Prints one
-line per case and writes a JSON.
+Each figure is the planner's own probe (planner.time_steps: one untimed step, then `--steps` timed ones, the
+fastest of which gives the rate, and the peak memory as PeakMemory measures it), run in a fresh process so that no
+earlier allocation hides a peak. Until 2026-12-07 the probe gave the timed steps' mean: batch.json and
+batch_avx2.json were measured that way. Prints one line per case and writes a JSON.
 
     python benchmarks/bench_batch.py                  # this CPU at the precision auto picks
     python benchmarks/bench_batch.py --isa avx2       # fp32 with oneDNN limited to AVX2 (a laptop stand-in)

@@ -29,7 +29,8 @@ DECODERS = {"128 ending in 8": (128, 64, 32, 16, 8), "128 ending in 16": (128, 6
 
 
 def crops_per_second(decoder: tuple[int, ...], *, steps: int, crop: int = 256, batch: int = 8) -> float:
-    """The planner's own probe step (planner.training_rate) with the decoder's widths given."""
+    """The planner's own probe step (planner.training_rate) with the decoder's widths given: the fastest of the
+    timed steps (until 2026-12-07 their mean, as in decoder_end.json and decoder_end_avx2.json)."""
     import torch
 
     from unetcli.model import build_model
