@@ -18,7 +18,7 @@ from helpers import cli, ok, user_error, write_binary_dataset
 from unetcli.errors import UsageError
 from unetcli.fingerprint import Fingerprint, typical_object_diameter
 from unetcli.options import TrainOptions
-from unetcli.planner import CANDIDATES, ENOUGH_CROPS, WIDE_DECODER_CROPS, Probe, make_plan, plan_batch, plan_crop, training_rate
+from unetcli.planner import CANDIDATES, ENOUGH_CROPS, WIDE_DECODER_CROPS, Probe, make_plan, plan_batch, plan_crop, short_run_batch, training_rate
 from unetcli.runtime import PeakMemory, pick_precision
 
 
@@ -176,6 +176,23 @@ def test_what_the_user_sets_wins_over_the_plan():
 @pytest.mark.parametrize(("crop", "batch"), [(128, 8), (256, 8), (320, 5), (384, 4), (512, 2)])
 def test_larger_crops_come_in_smaller_batches_of_about_the_same_pixels(crop, batch):
     assert plan_batch(crop)[0] == batch
+
+
+@pytest.mark.parametrize(("crop", "batch"), [(160, 8), (256, 4), (384, 2), (512, 2)])
+def test_the_smallest_model_steps_on_half_the_pixels(crop, batch):
+    assert short_run_batch(crop, *plan_batch(crop))[0] == batch
+    assert short_run_batch(crop, 1, "cut to fit")[1] == "cut to fit"  # a batch cut for memory stays as it was
+
+
+def test_on_a_cpu_the_smallest_model_gets_twice_the_steps_and_the_others_keep_theirs():
+    slow = plan_for(TrainOptions(time_limit=600.0), SLOW)  # resnet18 / 128
+    assert slow.choices["batch_size"] == 4 and "twice the steps" in slow.reasons["batch_size"]
+    assert slow.choices["samples_per_epoch"] % 4 == 0
+    assert plan_for(TrainOptions(time_limit=600.0), FAST).choices["batch_size"] == 8  # resnet34
+    assert plan_for(TrainOptions(time_limit=180.0), FAST).choices["batch_size"] == 8  # resnet18 / 256
+    assert plan_for(TrainOptions(time_limit=600.0), SLOW, fingerprint(53)).choices["batch_size"] == 8  # 160-px crops
+    user_set = plan_for(TrainOptions.from_values({"time_limit": 600, "batch_size": 8}), SLOW)
+    assert user_set.choices["batch_size"] == 8 and user_set.reasons["batch_size"] == "set by you"
 
 
 def test_a_large_crop_gets_its_batch_and_the_probes_time_that_batch():

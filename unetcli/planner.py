@@ -7,7 +7,8 @@ A few explicit rules over a small table of candidates, not a search (docs/decisi
   fastest of PROBE_STEPS after a warm-up), from the smallest candidate up; the largest that trains on at least its
   own minimum of crops within the budget and whose step fits in memory (the smallest has no minimum, so it is the
   fallback). A larger candidate is not timed when even the smaller one's rate would leave it short of its minimum;
-- batch: 8 crops of 256 px, or about as many pixels in fewer, larger crops (no fewer than 2); fewer when a step
+- batch: 8 crops of 256 px, or about as many pixels in fewer, larger crops (no fewer than 2); half those pixels
+  for the smallest model on a CPU (short runs: more steps, each as fast per crop); fewer when a step
   would need more than half of the memory free when planning (measured by the smallest candidate's probe); on a
   GPU more, doubled while a step still fits and each doubling trains at least GROWTH_GAIN x the crops per second
   (a GPU is far from full at 8 crops of 256 px; a CPU is not, so there it is not tried);
@@ -44,6 +45,7 @@ ENOUGH_CROPS = 4000  # 256-px crops: on membrane more did not buy quality (shipp
 CLOCK_HEADROOM = 2  # with --time-limit, planned epochs x this: the learning rate follows the clock there
 VALIDATION_SHARE = 0.15  # at most this share of the budget goes to validation
 PIXELS_PER_STEP = 8 * 256 * 256  # the batch every rule here was measured with: 8 crops of 256 px
+SHORT_RUN_PIXELS_PER_STEP = 4 * 256 * 256  # the smallest model on a CPU: as fast per crop, twice the steps
 STEP_MEMORY_SHARE = 0.5  # of the memory free when planning, at most this for a training step (the rest: data, OS)
 GROWTH_GAIN = 1.5  # on a GPU the batch doubles while crops/s rises at least this much with it (steps/s >= 0.75x)
 MAX_BATCH = 64
@@ -115,13 +117,24 @@ class Plan:
                 "predict_tile": self.tile}
 
 
-def plan_batch(crop: int) -> tuple[int, str]:
-    """About the pixels of 8 crops of 256 px per step, 2 to 8 crops: larger crops, fewer of them (as nnU-Net's
-    batch of 2 large patches), so that a step's memory and the number of steps in a budget stay as measured."""
-    batch = max(2, min(8, round(PIXELS_PER_STEP / crop ** 2)))
+def plan_batch(crop: int, pixels: int = PIXELS_PER_STEP) -> tuple[int, str]:
+    """About `pixels` per step (the pixels of 8 crops of 256 px), 2 to 8 crops: larger crops, fewer of them (as
+    nnU-Net's batch of 2 large patches), so that a step's memory and the number of steps in a budget stay as measured."""
+    batch = max(2, min(8, round(pixels / crop ** 2)))
     if batch == 8:
         return batch, "8 crops per step"
-    return batch, f"{batch} crops of {crop} px per step: about the pixels of 8 of 256 px, in memory and time"
+    return batch, f"{batch} crops of {crop} px per step: about the pixels of {pixels // 256 ** 2} of 256 px, in memory and time"
+
+
+def short_run_batch(crop: int, batch: int, reason: str) -> tuple[int, str]:
+    """The smallest model's batch on a CPU: the pixels of 4 crops of 256 px, not 8. It is planned for short runs,
+    where the number of steps limits learning, and a CPU trains as many crops per second in steps of 4 as of 8
+    (docs/decisions.md); a batch already cut to fit in memory stays cut."""
+    short, _ = plan_batch(crop, SHORT_RUN_PIXELS_PER_STEP)
+    if short >= batch:
+        return batch, reason
+    return short, (f"{short} crops of {crop} px per step: a short run, so twice the steps for the same crops "
+                   "(a CPU trains as many crops per second in smaller steps)")
 
 
 @dataclass(frozen=True)
@@ -344,6 +357,8 @@ def make_plan(fp: Fingerprint, options: TrainOptions, *, device, precision, out_
     rates, schedules = probed.rates, probed.schedules
     model, model_wording = choose(rates, schedules, crop, alone=len(_candidates(options)) == 1,
                                   too_large=probed.too_large)
+    if model == SMALLEST and device.type == "cpu" and "batch_size" not in fixed:
+        batch, batch_reason = short_run_batch(crop, batch, batch_reason)
     left = budget - (time.monotonic() - started)  # after every probe
     plan_schedule = schedule(fp, options, rate=rates[model], crop=crop, batch=batch, budget=left)
     model_reason = model_wording.format(rate=rates[model], crops=plan_schedule.crops)
