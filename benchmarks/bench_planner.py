@@ -215,14 +215,18 @@ def main() -> int:
                 runs.append(row)
                 log(f"{minutes:g} min seed {seed} {config:8s}: pixel error {row['pixel_error']:.4f}, mean Dice "
                     f"{row['mean_dice']:.4f} (--tta {row['tta']['pixel_error']:.4f}), {row['epochs_done']} epochs in {row['train_wall_s']:.0f} s, {row['options']}")
-    result = {"command": "python benchmarks/bench_planner.py " + " ".join(sys.argv[1:]), **where_it_ran(args.isa),
-              "machine": machine_facts(), "load_start": start, "load_end": load_snapshot(),
-              "when": time.strftime("%Y-%m-%d"), "dataset": args.dataset,
-              **({"train_slices": "0-24", "test_slices": "25-29"} if args.dataset.startswith("membrane") else
-                 {"train_pairs": 40, "test_pairs": 10, "generator": "benchmarks/synthetic_rgb.py"}),
-              "runs": runs}
-    write_result(result, args.out)
+                # after every run, so that a benchmark stopped part-way keeps the rows it finished
+                write_result(results(args, start, runs), args.out)
     return 0
+
+
+def results(args: argparse.Namespace, start: dict, runs: list[dict]) -> dict:
+    return {"command": "python benchmarks/bench_planner.py " + " ".join(sys.argv[1:]), **where_it_ran(args.isa),
+            "machine": machine_facts(), "load_start": start, "load_end": load_snapshot(),
+            "when": time.strftime("%Y-%m-%d"), "dataset": args.dataset,
+            **({"train_slices": "0-24", "test_slices": "25-29"} if args.dataset.startswith("membrane") else
+               {"train_pairs": 40, "test_pairs": 10, "generator": "benchmarks/synthetic_rgb.py"}),
+            "runs": runs}
 
 
 if __name__ == "__main__":
