@@ -186,7 +186,7 @@ def test_the_smallest_model_steps_on_half_the_pixels(crop, batch):
 
 def test_on_a_cpu_the_smallest_model_gets_twice_the_steps_and_the_others_keep_theirs():
     slow = plan_for(TrainOptions(time_limit=600.0), SLOW)  # resnet18 / 128
-    assert slow.choices["batch_size"] == 4 and "twice the steps" in slow.reasons["batch_size"]
+    assert slow.choices["batch_size"] == 4 and "more steps for the same crops" in slow.reasons["batch_size"]
     assert slow.choices["samples_per_epoch"] % 4 == 0
     assert plan_for(TrainOptions(time_limit=600.0), FAST).choices["batch_size"] == 8  # resnet34
     assert plan_for(TrainOptions(time_limit=180.0), FAST).choices["batch_size"] == 8  # resnet18 / 256

@@ -133,7 +133,7 @@ def short_run_batch(crop: int, batch: int, reason: str) -> tuple[int, str]:
     short, _ = plan_batch(crop, SHORT_RUN_PIXELS_PER_STEP)
     if short >= batch:
         return batch, reason
-    return short, (f"{short} crops of {crop} px per step: a short run, so twice the steps for the same crops "
+    return short, (f"{short} crops of {crop} px per step: a short run, so more steps for the same crops "
                    "(a CPU trains as many crops per second in smaller steps)")
 
 
