@@ -118,7 +118,7 @@ class Plan:
 
 
 def plan_batch(crop: int, pixels: int = PIXELS_PER_STEP) -> tuple[int, str]:
-    """About `pixels` per step (the pixels of 8 crops of 256 px), 2 to 8 crops: larger crops, fewer of them (as
+    """About `pixels` per step (by default those of 8 crops of 256 px), 2 to 8 crops: larger crops, fewer of them (as
     nnU-Net's batch of 2 large patches), so that a step's memory and the number of steps in a budget stay as measured."""
     batch = max(2, min(8, round(pixels / crop ** 2)))
     if batch == 8:
